@@ -1,0 +1,202 @@
+"""A read-only index over an ONNX graph: producers, consumers, shapes and constant values.
+
+Analysis works on this view and never mutates the model.  Weights may live in initializers (PyTorch
+style) or in ``Constant`` nodes (PaddlePaddle style); both are constants here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+Dim = int | str | None  # int: known; str: symbolic (dim_param); None: unknown
+Shape = tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    """Stable handle for a node: its index in the (topologically sorted) node list and its name."""
+
+    index: int
+    name: str
+    op_type: str
+    domain: str
+
+
+def _shape_of(type_proto: onnx.TypeProto) -> Shape | None:
+    if not type_proto.HasField("tensor_type"):
+        return None
+    tt = type_proto.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    dims: list[Dim] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """Value of a ``Constant`` node, whatever attribute form it uses."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None
+
+
+class GraphView:
+    """Index of one ONNX graph.  Build once per analysis; cheap queries afterwards."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        g = model.graph
+        self.graph = g
+        self.opsets: dict[str, int] = {
+            ("" if imp.domain == "ai.onnx" else imp.domain): int(imp.version) for imp in model.opset_import
+        }
+        self.nodes: list[onnx.NodeProto] = list(g.node)
+        self.node_names: list[str] = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(self.nodes)]
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for o in n.output:
+                if o:
+                    self.producer[o] = i
+            for inp in n.input:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(i)
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+        self.graph_inputs: list[str] = [i.name for i in g.input if i.name not in self.initializers]
+        self.graph_outputs: list[str] = [o.name for o in g.output]
+        self._output_set = set(self.graph_outputs)
+        self.shapes: dict[str, Shape] = {}
+        self.dtypes: dict[str, int] = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            s = _shape_of(vi.type)
+            if s is not None:
+                self.shapes[vi.name] = s
+            if vi.type.HasField("tensor_type"):
+                self.dtypes[vi.name] = vi.type.tensor_type.elem_type
+        for t in g.initializer:
+            self.shapes[t.name] = tuple(int(d) for d in t.dims)
+            self.dtypes[t.name] = t.data_type
+        self._const_nodes: dict[str, onnx.NodeProto] = {}
+        for n in self.nodes:
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
+                self._const_nodes[n.output[0]] = n
+                for attr in n.attribute:
+                    if attr.name == "value":
+                        self.shapes[n.output[0]] = tuple(int(d) for d in attr.t.dims)
+                        self.dtypes[n.output[0]] = attr.t.data_type
+        self._const_cache: dict[str, np.ndarray | None] = {}
+
+    # --- constants -------------------------------------------------------------------------------
+    def is_constant(self, name: str) -> bool:
+        return name in self.initializers or name in self._const_nodes
+
+    def constant_proto(self, name: str) -> onnx.TensorProto | None:
+        """The TensorProto holding a constant (initializer or Constant ``value``), if any."""
+        if name in self.initializers:
+            return self.initializers[name]
+        node = self._const_nodes.get(name)
+        if node is not None:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return attr.t
+        return None
+
+    def constant_value(self, name: str) -> np.ndarray | None:
+        if not name or not self.is_constant(name):
+            return None
+        if name not in self._const_cache:
+            if name in self.initializers:
+                self._const_cache[name] = numpy_helper.to_array(self.initializers[name])
+            else:
+                self._const_cache[name] = constant_node_value(self._const_nodes[name])
+        return self._const_cache[name]
+
+    def small_constant(self, name: str, limit: int = 4096) -> np.ndarray | None:
+        """Value of a constant only if it is small (shape vectors, axes, scalars)."""
+        shape = self.shapes.get(name)
+        if shape is not None and all(isinstance(d, int) for d in shape):
+            size = int(np.prod([int(d) for d in shape])) if shape else 1  # type: ignore[arg-type]
+            if size > limit:
+                return None
+        return self.constant_value(name)
+
+    # --- shapes ----------------------------------------------------------------------------------
+    def shape(self, name: str) -> Shape | None:
+        if name in self.shapes:
+            return self.shapes[name]
+        if name in self._const_nodes:
+            v = self.constant_value(name)
+            if v is not None:
+                return tuple(int(d) for d in v.shape)
+        return None
+
+    def rank(self, name: str) -> int | None:
+        s = self.shape(name)
+        return None if s is None else len(s)
+
+    def dim(self, name: str, axis: int) -> Dim:
+        s = self.shape(name)
+        if s is None:
+            return None
+        if axis < 0:
+            axis += len(s)
+        if not 0 <= axis < len(s):
+            return None
+        return s[axis]
+
+    def static_dim(self, name: str, axis: int) -> int | None:
+        d = self.dim(name, axis)
+        return d if isinstance(d, int) else None
+
+    def is_graph_output(self, name: str) -> bool:
+        return name in self._output_set
+
+    def node_ref(self, index: int) -> NodeRef:
+        n = self.nodes[index]
+        return NodeRef(index, self.node_names[index], n.op_type, n.domain or "")
+
+    def opset_for(self, domain: str) -> int:
+        return self.opsets.get("" if domain == "ai.onnx" else domain, 0)
+
+    @cached_property
+    def unknown_shape_tensors(self) -> list[str]:
+        """Activation tensors that shape inference could not give a rank to."""
+        out = []
+        for n in self.nodes:
+            for o in n.output:
+                if o and self.shape(o) is None:
+                    out.append(o)
+        return out
+
+    def attr(self, index: int, name: str, default: object = None) -> object:
+        for a in self.nodes[index].attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def tensors(self) -> Iterable[str]:
+        yield from self.graph_inputs
+        yield from self.initializers
+        for n in self.nodes:
+            yield from (o for o in n.output if o)

@@ -1,0 +1,345 @@
+"""Loading and saving ONNX models safely.
+
+* external data is checked before any of it is opened: a location must be a relative path that stays
+  inside the model's folder (no ``..``, no absolute path, no symlink out of the folder);
+* old opsets (< 11) are converted with the ONNX version converter, newer-than-known ones are refused;
+* shape inference runs with symbolic dimensions kept; tensors left without a shape are reported;
+* outputs are written atomically (temporary file in the destination folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper, shape_inference
+
+from graphprune.errors import ModelLoadError, UnsafeModelError, UnsupportedModelError, UsageError
+
+log = logging.getLogger(__name__)
+
+MIN_NATIVE_OPSET = 11
+MAX_TESTED_OPSET = 21
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass
+class LoadedModel:
+    """A model plus what loading learnt about it."""
+
+    model: onnx.ModelProto
+    path: Path | None
+    sha256: str | None
+    original_opset: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def opset(self) -> int:
+        return onnx_opset(self.model)
+
+
+def onnx_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _iter_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _iter_tensors(g)
+
+
+def check_external_data_locations(model: onnx.ModelProto, base_dir: Path) -> list[str]:
+    """Refuse external data that would read outside ``base_dir``; return the referenced files.
+
+    Runs on locations only: no external file is opened here.
+    """
+    base = base_dir.resolve()
+    files: list[str] = []
+    for tensor in _iter_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        loc = info.get("location", "")
+        if not loc:
+            raise UnsafeModelError(f"tensor '{tensor.name}' has external data without a location")
+        p = Path(loc)
+        if p.is_absolute() or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
+            raise UnsafeModelError(
+                f"tensor '{tensor.name}': external data location '{loc}' is an absolute path; "
+                "graphprune only reads external data stored beside the model"
+            )
+        if ".." in Path(loc.replace("\\", "/")).parts:
+            raise UnsafeModelError(
+                f"tensor '{tensor.name}': external data location '{loc}' escapes the model folder"
+            )
+        resolved = (base / p).resolve()
+        if resolved != base and base not in resolved.parents:
+            raise UnsafeModelError(
+                f"tensor '{tensor.name}': external data location '{loc}' resolves outside the model "
+                f"folder (symlink to {resolved})"
+            )
+        if not resolved.is_file():
+            raise ModelLoadError(
+                f"tensor '{tensor.name}': external data file '{loc}' is missing beside the model"
+            )
+        files.append(loc)
+    return sorted(set(files))
+
+
+def load_model(
+    source: str | os.PathLike[str] | onnx.ModelProto,
+    *,
+    infer_shapes: bool = True,
+    load_external: bool = True,
+) -> LoadedModel:
+    """Load, sanity-check, convert old opsets and run shape inference."""
+    warnings: list[str] = []
+    path: Path | None = None
+    digest: str | None = None
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ModelLoadError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+        if path.stat().st_size == 0:
+            raise ModelLoadError(f"{path}: file is empty")
+        try:
+            digest = file_sha256(path)
+            model = onnx.load(str(path), load_external_data=False)
+        except PermissionError as e:
+            raise ModelLoadError(f"{path}: cannot read file ({e.strerror})") from e
+        except Exception as e:  # protobuf raises DecodeError / RuntimeWarning variants
+            raise ModelLoadError(f"{path}: not a valid ONNX file ({type(e).__name__}: {e})".rstrip(": ")) from e
+        if not model.graph.node and not model.graph.output:
+            raise ModelLoadError(f"{path}: not a valid ONNX model (no graph found)")
+        ext_files = check_external_data_locations(model, path.parent)
+        if ext_files and load_external:
+            try:
+                external_data_helper.load_external_data_for_model(model, str(path.parent))
+            except Exception as e:
+                raise ModelLoadError(f"{path}: cannot read external data ({e})") from e
+    _check_structure(model)
+    opset = onnx_opset(model)
+    original = opset
+    max_known = onnx.defs.onnx_opset_version()
+    if opset == 0:
+        raise UnsupportedModelError("model imports no default-domain (ai.onnx) opset")
+    if opset > max_known:
+        raise UnsupportedModelError(
+            f"model uses ai.onnx opset {opset}, newer than this onnx {onnx.__version__} knows "
+            f"(max {max_known}); upgrade onnx or export with opset <= {MAX_TESTED_OPSET}"
+        )
+    if opset > MAX_TESTED_OPSET:
+        warnings.append(f"opset {opset} is newer than the tested range 11-{MAX_TESTED_OPSET}")
+    if opset < MIN_NATIVE_OPSET:
+        model = _convert_opset(model, 13)
+        warnings.append(f"converted ai.onnx opset {opset} to 13 with the ONNX version converter")
+    if infer_shapes:
+        model = run_shape_inference(model)
+    return LoadedModel(model=model, path=path, sha256=digest, original_opset=original, warnings=warnings)
+
+
+def _check_structure(model: onnx.ModelProto) -> None:
+    """Cheap structural checks the ONNX checker does not phrase helpfully."""
+    g = model.graph
+    seen: set[str] = set()
+    for t in g.initializer:
+        seen.add(t.name)
+    for i in g.input:
+        seen.add(i.name)
+    produced: dict[str, str] = {}
+    for n in g.node:
+        for o in n.output:
+            if not o:
+                continue
+            if o in produced or o in {t.name for t in g.initializer}:
+                raise ModelLoadError(
+                    f"tensor '{o}' is produced twice (node '{n.name or n.op_type}'); the graph is not SSA"
+                )
+            produced[o] = n.name
+    available = seen | set(produced)
+    for n in g.node:
+        for i in n.input:
+            if i and i not in available:
+                raise ModelLoadError(
+                    f"node '{n.name or n.op_type}' reads tensor '{i}', which no node, input or "
+                    "initializer provides"
+                )
+    # topological order / cycle check
+    order_ok = True
+    ready = set(seen)
+    for n in g.node:
+        if any(i and i not in ready for i in n.input):
+            order_ok = False
+            break
+        ready.update(o for o in n.output if o)
+    if not order_ok:
+        try:
+            _toposort(model)
+        except ModelLoadError:
+            raise
+    for o in g.output:
+        if o.name not in available:
+            raise ModelLoadError(f"graph output '{o.name}' is not produced by any node")
+
+
+def _toposort(model: onnx.ModelProto) -> None:
+    """Sort nodes topologically in place, or fail on a cycle."""
+    g = model.graph
+    ready = {t.name for t in g.initializer} | {i.name for i in g.input} | {""}
+    pending = list(g.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        progressed = False
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+                progressed = True
+            else:
+                rest.append(n)
+        if not progressed:
+            names = ", ".join(sorted(n.name or n.op_type for n in rest)[:5])
+            raise ModelLoadError(f"graph has a cycle (nodes involved include: {names})")
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)
+
+
+def _convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted)
+    except Exception as e:
+        raise UnsupportedModelError(
+            f"model uses ai.onnx opset {onnx_opset(model)} (< {MIN_NATIVE_OPSET}) and the ONNX version "
+            f"converter could not upgrade it safely ({e}); re-export with opset >= {MIN_NATIVE_OPSET}"
+        ) from e
+    return converted
+
+
+def run_shape_inference(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference with symbolic dims and data propagation; falls back for >2 GB models."""
+    try:
+        if model.ByteSize() < _PROTOBUF_LIMIT:
+            return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as e:
+        raise ModelLoadError(f"ONNX shape inference failed: {e}") from e
+    # Large model: infer on a weight-less copy (initializer shapes only matter).
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    for t in light.graph.initializer:
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+        t.ClearField("int64_data")
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+        t.raw_data = b""
+    inferred = shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    return model
+
+
+def save_model_atomic(
+    model: onnx.ModelProto,
+    dest: str | os.PathLike[str],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    external_data: bool | None = None,
+) -> Path:
+    """Write ``model`` to ``dest`` atomically; never over ``source``.
+
+    Large models (or ``external_data=True``) are written with their weights in ``<name>.data`` beside the
+    file; both files are written under temporary names and renamed into place.
+    """
+    dest = Path(dest)
+    if source is not None:
+        src = Path(source)
+        if src.exists() and dest.exists() and os.path.samefile(src, dest) or (
+            dest.resolve() == Path(source).resolve()
+        ):
+            raise UsageError(f"output path {dest} is the input file; choose another path with -o")
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.exists():
+        raise UsageError(f"output folder {parent} does not exist")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"output folder {parent} is not writable")
+    if dest.is_dir():
+        raise UsageError(f"output path {dest} is a directory")
+    if external_data is None:
+        external_data = model.ByteSize() >= _PROTOBUF_LIMIT - (64 << 20)
+    tmp_files: list[Path] = []
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        tmp_files.append(tmp)
+        if external_data:
+            data_name = dest.name + ".data"
+            tmp_data = parent / f".{data_name}.tmp"
+            tmp_files.append(tmp_data)
+            to_save = onnx.ModelProto()
+            to_save.CopyFrom(model)
+            external_data_helper.convert_model_to_external_data(
+                to_save, all_tensors_to_one_file=True, location=tmp_data.name, size_threshold=1024
+            )
+            onnx.save_model(to_save, str(tmp))
+            # point the locations at the final data file name, then rename both
+            m2 = onnx.load(str(tmp), load_external_data=False)
+            for t in _iter_tensors(m2.graph):
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = data_name
+            onnx.save_model(m2, str(tmp))
+            os.replace(tmp_data, parent / data_name)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString())
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        tmp_files = [p for p in tmp_files if p.exists() and p != dest]
+    except OSError as e:
+        raise ModelLoadError(f"cannot write {dest}: {e.strerror or e}") from e
+    finally:
+        for p in tmp_files:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    return dest
