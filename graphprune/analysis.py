@@ -77,6 +77,7 @@ class _Engine:
                 if t:
                     self.touching[t].append(i)
         self.rule_names: dict[int, str] = {}
+        self.defaults_allowed = True
 
     def evaluate(self, i: int) -> RuleOutput | None:
         node = self.view.nodes[i]
@@ -86,6 +87,7 @@ class _Engine:
             return None
         self.rule_names[i] = entry.qualname
         ctx = NodeContext(self.view, i, self.live.__contains__, self.options)
+        ctx.defaults_allowed = self.defaults_allowed
         return entry.fn(ctx)
 
     def _activate(self, s: Space, queue: deque[int], queued: set[int]) -> None:
@@ -102,6 +104,13 @@ class _Engine:
                 queue.append(j)
 
     def run(self) -> None:
+        """Spread liveness with ambiguous choices deferred, then again with defaults allowed."""
+        self.defaults_allowed = False
+        self._fixpoint()
+        self.defaults_allowed = True
+        self._fixpoint()
+
+    def _fixpoint(self) -> None:
         queue: deque[int] = deque(range(len(self.view.nodes)))
         queued = set(queue)
         while queue:

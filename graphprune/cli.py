@@ -73,10 +73,7 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     try:
-        cli.main(args=argv, prog_name="graphprune", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelp as e:  # pragma: no cover - click version dependent
-        click.echo(e.format_message(), err=True)
-        return 2
+        rv = cli.main(args=argv, prog_name="graphprune", standalone_mode=False)
     except click.UsageError as e:
         click.echo(f"Error: {_one_line(e.format_message())}", err=True)
         return 2
@@ -91,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         click.echo(f"Error: {e}", err=True)
         return 2
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 def run() -> None:  # pragma: no cover

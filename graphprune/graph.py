@@ -61,6 +61,12 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
+_SAME_SHAPE_OPS = frozenset({
+    "GroupNormalization", "LayerNormalization", "RMSNormalization", "InstanceNormalization",
+    "BatchNormalization", "Gelu", "HardSwish", "Mish", "Swish", "Identity", "Dropout",
+})
+
+
 class GraphView:
     """Index of one ONNX graph.  Build once per analysis; cheap queries afterwards."""
 
@@ -106,6 +112,18 @@ class GraphView:
                         self.shapes[n.output[0]] = tuple(int(d) for d in attr.t.dims)
                         self.dtypes[n.output[0]] = attr.t.data_type
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self._complete_shapes()
+
+    def _complete_shapes(self) -> None:
+        """Fill output shapes ONNX inference leaves out for shape-preserving ops (e.g. function ops
+        such as GroupNormalization in some onnx versions): output 0 has input 0's shape."""
+        for n in self.nodes:
+            if n.op_type in _SAME_SHAPE_OPS and n.input and n.output and n.output[0] not in self.shapes:
+                s = self.shapes.get(n.input[0])
+                if s is not None:
+                    self.shapes[n.output[0]] = s
+                    if n.input[0] in self.dtypes:
+                        self.dtypes[n.output[0]] = self.dtypes[n.input[0]]
 
     # --- constants -------------------------------------------------------------------------------
     def is_constant(self, name: str) -> bool:
@@ -140,6 +158,16 @@ class GraphView:
             if size > limit:
                 return None
         return self.constant_value(name)
+
+    @cached_property
+    def folder(self):  # type: ignore[no-untyped-def]
+        from graphprune.shape_fold import ShapeFolder
+
+        return ShapeFolder(self)
+
+    def known_value(self, name: str) -> np.ndarray | None:
+        """A small integer value that is constant or computable from static shapes."""
+        return self.folder.known(name) if name else None
 
     # --- shapes ----------------------------------------------------------------------------------
     def shape(self, name: str) -> Shape | None:

@@ -167,6 +167,15 @@ def load_model(
         warnings.append(f"converted ai.onnx opset {opset} to 13 with the ONNX version converter")
     if infer_shapes:
         model = run_shape_inference(model)
+        from graphprune.shape_fold import fold_static_shape_inputs
+
+        for _ in range(4):  # folding can expose more static shapes
+            n = fold_static_shape_inputs(model)
+            if not n:
+                break
+            del model.graph.value_info[:]
+            model = run_shape_inference(model)
+            warnings.append(f"folded {n} shape computations over static dims into constants")
     return LoadedModel(model=model, path=path, sha256=digest, original_opset=original, warnings=warnings)
 
 

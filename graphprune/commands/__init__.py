@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-_MODULES = ["analyze", "targets"]
+_MODULES = ["analyze", "shrink", "targets"]
 
 
 def register_all(cli: click.Group) -> None:

@@ -23,14 +23,16 @@ def concat(ctx: NodeContext) -> RuleOutput:
     axis = axis + r if axis < 0 else axis
     res = RuleOutput()
     off = 0
-    for x in ctx.inputs:
-        n = ctx.dim(x, axis)
-        if n is None:
-            return ctx.freeze_all(f"Concat '{ctx.name}': size of '{x}' on axis {axis} unknown")
+    sizes = [ctx.dim(x, axis) for x in ctx.inputs]
+    for x, n in zip(ctx.inputs, sizes, strict=True):
         _identity_except(ctx, res, x, y, axis)
-        if n:
+        if None in sizes:
+            res.freezes.append((Space(x, axis), f"Concat '{ctx.name}': size of '{x}' on axis {axis} unknown"))
+        elif n:
             res.couple(Space(x, axis), Space(y, axis), offset(off))
-        off += n
+        off += n or 0
+    if None in sizes:
+        res.freezes.append((Space(y, axis), f"Concat '{ctx.name}': input sizes on axis {axis} unknown"))
     return res
 
 

@@ -27,7 +27,9 @@ def recurrent(ctx: NodeContext) -> RuleOutput:
 
 @register("Constant")
 def constant(ctx: NodeContext) -> RuleOutput:
-    return RuleOutput()  # values are read through the graph view; consumers decide
+    res = RuleOutput()  # values are read through the graph view; consumers decide
+    res.absorbs.extend(ctx.all_spaces(ctx.outputs[0]))
+    return res
 
 
 @register("Shape")
@@ -42,6 +44,8 @@ def shape(ctx: NodeContext) -> RuleOutput:
     start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
     exposed = set(range(max(start, 0), min(end, r)))
     read = _dims_read(ctx, exposed, start)
+    if read and ctx.view.folder.shape_uses_ok(ctx.outputs[0]):
+        read = set()  # only feeds shape inputs that the passes rewrite to constants
     res = RuleOutput()
     for a in range(r):
         if a in read:

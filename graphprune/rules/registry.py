@@ -176,6 +176,9 @@ class NodeContext:
         self.outputs = list(self.node.output)
         self.is_live = live
         self.options = options
+        # False while the analysis first spreads liveness: rules defer ambiguous choices until
+        # every unambiguous coupling has been seen.
+        self.defaults_allowed = True
 
     # helpers ------------------------------------------------------------------------------------
     def attr(self, name: str, default: object = None) -> object:
@@ -201,7 +204,11 @@ class NodeContext:
         return self.view.static_dim(name, axis)
 
     def const(self, name: str) -> np.ndarray | None:
-        return self.view.small_constant(name) if name else None
+        """A constant, or a shape value computable from static dims."""
+        if not name:
+            return None
+        v = self.view.small_constant(name)
+        return v if v is not None else self.view.known_value(name)
 
     def is_const(self, name: str) -> bool:
         return bool(name) and self.view.is_constant(name)

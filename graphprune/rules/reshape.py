@@ -63,11 +63,28 @@ def align(ins: list[Dim], outs: list[Dim]) -> list[Segment] | None:
     return segs
 
 
+def _fill_one_unknown(ins: list[Dim], outs: list[Dim]) -> list[Dim]:
+    """Resolve one output dim that inference left unknown (None or a fresh 'unk__' symbol)."""
+    odd = [k for k, d in enumerate(outs) if d is None or (isinstance(d, str) and d not in ins)]
+    if len(odd) != 1:
+        return outs
+    syms_in = sorted(d for d in ins if isinstance(d, str))
+    syms_out = sorted(d for k, d in enumerate(outs) if isinstance(d, str) and k != odd[0])
+    p_in = math.prod(d for d in ins if isinstance(d, int))
+    p_out = math.prod(d for k, d in enumerate(outs) if isinstance(d, int))
+    if syms_in == syms_out and p_out and p_in % p_out == 0 and None not in ins:
+        outs = list(outs)
+        outs[odd[0]] = p_in // p_out
+    return outs
+
+
 def resolve_target(ctx: NodeContext, x: str, y: str) -> list[Dim] | None:
     out = ctx.shape(y)
+    ins = ctx.shape(x)
+    if out is not None and ins is not None:
+        out = tuple(_fill_one_unknown(list(ins), list(out)))
     if out is not None and all(d is not None for d in out):
         return list(out)
-    ins = ctx.shape(x)
     if ctx.op == "Flatten":
         if ins is None:
             return None
@@ -138,10 +155,14 @@ def reshape_rule(ctx: NodeContext, x: str, y: str) -> RuleOutput:
             continue
         if live:
             pick = live[0]
-        elif len(si) > 1:  # merge: the major factor keeps channel identity (c -> block of H*W)
-            pick = 0
+        elif not ctx.defaults_allowed:
+            res.absorbs.extend(Space(many_t, a) for a in many)
+            res.absorbs.append(Space(one_t, one))
+            continue
+        elif ctx.options.split_preference == "heads":
+            pick = max(len(many) - 2, 0)  # [..., heads, head_dim]: the factor before the last
         else:
-            pick = 0 if ctx.options.split_preference == "heads" else len(many) - 1
+            pick = len(many) - 1
         outer = math.prod(dims[:pick])
         inner = math.prod(dims[pick + 1:])
         res.couple(Space(many_t, many[pick]), Space(one_t, one), tiled(outer, inner))

@@ -1,0 +1,112 @@
+"""``graphprune shrink`` and ``graphprune apply-plan``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from graphprune.errors import UsageError
+from graphprune.fileio import write_text_atomic
+from graphprune.importance import NORMALIZERS, REDUCTIONS, criteria
+from graphprune.report import console
+from graphprune.shrink import apply_plan, shrink
+
+
+def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    out = []
+    for v in values:
+        pattern, sep, r = v.rpartition("=")
+        try:
+            ratio = float(r)
+        except ValueError:
+            ratio = math.nan
+        if not sep or not pattern or math.isnan(ratio):
+            raise UsageError(f"--ratio-for expects PATTERN=R (e.g. 'layer4*=0.7'), got '{v}'")
+        out.append((pattern, ratio))
+    return tuple(out)
+
+
+@click.command("shrink")
+@click.argument("model", type=str)
+@click.option("-o", "--output", type=str, default=None, help="Output path (default: <stem>.pruned.onnx beside MODEL).")
+@click.option("--ratio", type=float, default=None, help="Fraction of each prunable group's channels to remove, in [0, 1).")
+@click.option("--criterion", type=click.Choice(criteria()), default="l2", show_default=True)
+@click.option("--reduction", type=click.Choice(list(REDUCTIONS)), default="mean", show_default=True,
+              help="How member scores combine into a group score.")
+@click.option("--normalizer", type=click.Choice(list(NORMALIZERS)), default="mean", show_default=True)
+@click.option("--global", "global_ranking", is_flag=True, help="Rank normalised scores across groups.")
+@click.option("--max-ratio", type=float, default=0.9, show_default=True, help="Cap on the fraction removed from any group.")
+@click.option("--target-macs", type=float, default=None, help="Prune until MACs reach this fraction of dense.")
+@click.option("--target-params", type=float, default=None, help="Prune until params reach this fraction of dense.")
+@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--ignore", multiple=True, help="Node/tensor name pattern (fnmatch) whose groups stay whole; repeatable.")
+@click.option("--ratio-for", "ratio_for", multiple=True, help="PATTERN=R: a different ratio for matching groups.")
+@click.option("--allow-lossy", is_flag=True, help="Also prune groups with lossy couplings (e.g. LayerNorm axes).")
+@click.option("--split", type=click.Choice(["heads", "head-dim"]), default="heads", show_default=True,
+              help="Prune attention heads or the head dimension.")
+@click.option("--no-verify", is_flag=True, help="Skip the equivalence proof against the masked reference.")
+@click.option("--inputs", type=str, default=None, help=".npz with model inputs for the proof (default: random).")
+@click.option("--calib", type=str, default=None, help=".npz calibration inputs for --criterion activation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plan", "plan_path", type=str, default=None, help="Write the pruning plan (JSON) here.")
+@click.option("--report", "report_path", type=str, default=None, help="Write the report (JSON) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the summary.")
+def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: str, reduction: str,
+               normalizer: str, global_ranking: bool, max_ratio: float, target_macs: float | None,
+               target_params: float | None, round_to: int, ignore: tuple[str, ...], ratio_for: tuple[str, ...],
+               allow_lossy: bool, split: str, no_verify: bool, inputs: str | None, calib: str | None, seed: int,
+               plan_path: str | None, report_path: str | None, as_json: bool) -> None:
+    """Remove channels from MODEL and prove the result equals the masked original."""
+    if ratio is None and target_macs is None and target_params is None:
+        raise UsageError("give --ratio R, --target-macs F or --target-params F")
+    if report_path:
+        _precheck(report_path)
+    if plan_path:
+        _precheck(plan_path)
+    result = shrink(
+        model, ratio=ratio or 0.0, criterion=criterion, reduction=reduction, normalizer=normalizer,
+        global_ranking=global_ranking, max_ratio=max_ratio, target_macs=target_macs,
+        target_params=target_params, round_to=round_to, ignore=ignore, ratio_for=_ratio_for(ratio_for),
+        allow_lossy=allow_lossy, split=split, verify=not no_verify, inputs=inputs, calib=calib, seed=seed,
+        output=output, plan_path=plan_path,
+    )
+    report = result.report()
+    report["model"] = model
+    if report_path:
+        write_text_atomic(Path(report_path), json.dumps(report, indent=2))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    con = console()
+    con.print(f"[bold]{model}[/] -> [bold]{result.output}[/]")
+    con.print(result.summary(), highlight=False)
+    for w in result.warnings:
+        con.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def _precheck(path: str) -> None:
+    from graphprune.fileio import check_output_dir
+
+    check_output_dir(Path(path))
+
+
+@click.command("apply-plan")
+@click.argument("model", type=str)
+@click.argument("plan", type=str)
+@click.option("-o", "--output", type=str, default=None, help="Output path (default: <stem>.pruned.onnx).")
+@click.option("--no-verify", is_flag=True, help="Skip the equivalence proof.")
+@click.option("--force", is_flag=True, help="Apply even if the model's hash differs from the plan's.")
+def apply_plan_cmd(model: str, plan: str, output: str | None, no_verify: bool, force: bool) -> None:
+    """Re-apply a pruning PLAN (from ``shrink --plan``) to MODEL exactly."""
+    result = apply_plan(model, plan, output=output, verify=not no_verify, force=force)
+    con = console()
+    con.print(f"[bold]{model}[/] -> [bold]{result.output}[/]")
+    con.print(result.summary(), highlight=False)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(shrink_cmd)
+    cli.add_command(apply_plan_cmd)

@@ -1,0 +1,36 @@
+"""Atomic writes for reports and plans (temp file in the same folder, then rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from graphprune.errors import UsageError
+
+
+def check_output_dir(dest: Path) -> None:
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.exists():
+        raise UsageError(f"output folder {parent} does not exist")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"output folder {parent} is not writable")
+    if dest.is_dir():
+        raise UsageError(f"output path {dest} is a directory")
+
+
+def write_text_atomic(dest: Path, text: str) -> Path:
+    check_output_dir(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, dest)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write {dest}: {e.strerror or e}") from e
+    return dest

@@ -1,0 +1,173 @@
+"""Partial evaluation of shape arithmetic (Shape -> Gather/Slice/Concat/arith -> Reshape/Slice...).
+
+PyTorch exports ``x.view(B, S, h, d)``, ``torch.chunk`` and ``flatten`` with shape values computed at
+run time.  Where the dims they read are static, the values are known here; symbolic dims stay unknown
+(mask False).  Rules read bounds through this; passes replace such computed inputs by constants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from graphprune.graph import GraphView
+
+FOLD_OPS = frozenset({
+    "Shape", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub", "Mul", "Div",
+    "Floor", "Ceil", "Identity", "Constant", "Neg", "Reshape", "ReduceProd", "Max", "Min", "Mod",
+})
+# (op_type, input index) slots that take a shape-like value, which the passes can rewrite to constants
+SHAPE_SLOTS = frozenset({
+    ("Reshape", 1), ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Slice", 4), ("Split", 1), ("Expand", 1),
+    ("Resize", 2), ("Resize", 3), ("Tile", 1), ("ConstantOfShape", 0), ("Unsqueeze", 1), ("Squeeze", 1),
+})
+
+Partial = tuple[np.ndarray, np.ndarray]  # (int64 values, bool known-mask)
+
+
+class ShapeFolder:
+    def __init__(self, view: GraphView) -> None:
+        self.view = view
+        self.cache: dict[str, Partial | None] = {}
+
+    def known(self, name: str) -> np.ndarray | None:
+        """Fully known value of a small integer tensor (constant or folded), else None."""
+        p = self.partial(name)
+        if p is None or not p[1].all():
+            return None
+        return p[0]
+
+    def partial(self, name: str) -> Partial | None:
+        if not name:
+            return None
+        if name in self.cache:
+            return self.cache[name]
+        self.cache[name] = None  # cycle guard
+        res = self._eval(name)
+        self.cache[name] = res
+        return res
+
+    def _eval(self, name: str) -> Partial | None:
+        v = self.view.small_constant(name)
+        if v is not None:
+            if v.dtype.kind not in "iuf" or v.size > 64:
+                return None
+            arr = np.asarray(v).astype(np.int64)
+            return arr, np.ones(arr.shape, dtype=bool)
+        i = self.view.producer.get(name)
+        if i is None:
+            return None
+        node = self.view.nodes[i]
+        op = node.op_type
+        if op not in FOLD_OPS or node.domain not in ("", "ai.onnx"):
+            return None
+        if op == "Shape":
+            shape = self.view.shape(node.input[0])
+            if shape is None:
+                return None
+            r = len(shape)
+            start = int(self.view.attr(i, "start", 0))  # type: ignore[call-overload]
+            end = int(self.view.attr(i, "end", r))  # type: ignore[call-overload]
+            dims = list(shape)[slice(start, end)]
+            vals = np.array([d if isinstance(d, int) else -1 for d in dims], dtype=np.int64)
+            return vals, np.array([isinstance(d, int) for d in dims], dtype=bool)
+        ins = [self.partial(x) if x else None for x in node.input]
+        if op in ("Cast", "Identity", "Floor", "Ceil"):
+            return ins[0]
+        if op == "Neg":
+            return None if ins[0] is None else (-ins[0][0], ins[0][1])
+        if op == "Gather":
+            if ins[0] is None or ins[1] is None or not ins[1][1].all() or ins[0][0].ndim != 1:
+                return None
+            idx = ins[1][0]
+            return ins[0][0][idx], ins[0][1][idx]
+        if op == "Concat":
+            if any(p is None for p in ins):
+                return None
+            return (np.concatenate([np.atleast_1d(p[0]) for p in ins]),  # type: ignore[index]
+                    np.concatenate([np.atleast_1d(p[1]) for p in ins]))  # type: ignore[index]
+        if op in ("Unsqueeze", "Squeeze", "Reshape"):
+            if ins[0] is None:
+                return None
+            out = self.view.shape(node.output[0])
+            if out is None or not all(isinstance(d, int) for d in out):
+                return None
+            return ins[0][0].reshape(out), ins[0][1].reshape(out)  # type: ignore[arg-type]
+        if op == "Slice":
+            if ins[0] is None or any(p is None or not p[1].all() for p in ins[1:3]) or ins[0][0].ndim != 1:
+                return None
+            s, e = int(ins[1][0].ravel()[0]), int(ins[2][0].ravel()[0])  # type: ignore[index]
+            step = int(ins[4][0].ravel()[0]) if len(ins) > 4 and ins[4] is not None else 1
+            sl = slice(s, e, step)
+            return ins[0][0][sl], ins[0][1][sl]
+        if op == "ReduceProd":
+            if ins[0] is None:
+                return None
+            return np.array(np.prod(ins[0][0])), np.array(bool(ins[0][1].all()))
+        if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod"):
+            if ins[0] is None or ins[1] is None:
+                return None
+            a, b = ins[0][0], ins[1][0]
+            with np.errstate(all="ignore"):
+                val = {
+                    "Add": lambda: a + b, "Sub": lambda: a - b, "Mul": lambda: a * b,
+                    "Div": lambda: np.floor_divide(a, np.where(b == 0, 1, b)),
+                    "Max": lambda: np.maximum(a, b), "Min": lambda: np.minimum(a, b),
+                    "Mod": lambda: np.mod(a, np.where(b == 0, 1, b)),
+                }[op]()
+            return np.asarray(val, dtype=np.int64), np.logical_and(ins[0][1], ins[1][1])
+        return None
+
+    def shape_uses_ok(self, name: str, seen: set[str] | None = None) -> bool:
+        """True if every use of ``name`` (through shape arithmetic) ends in a rewritable shape slot."""
+        seen = set() if seen is None else seen
+        if name in seen:
+            return True
+        seen.add(name)
+        if self.view.is_graph_output(name):
+            return False
+        for ci in self.view.consumers.get(name, []):
+            node = self.view.nodes[ci]
+            for k, inp in enumerate(node.input):
+                if inp != name:
+                    continue
+                if (node.op_type, k) in SHAPE_SLOTS and (k > 0 or node.op_type == "ConstantOfShape"):
+                    if node.op_type != "Reshape" and self.known(inp) is None:
+                        return False
+                    continue
+                if node.op_type in FOLD_OPS and node.op_type != "Shape":
+                    if not all(self.shape_uses_ok(o, seen) for o in node.output if o):
+                        return False
+                    continue
+                return False
+        return True
+
+
+def fold_static_shape_inputs(model: onnx.ModelProto) -> int:
+    """Replace computed shape inputs whose value is fully known by constants (in place).
+
+    Returns how many inputs were replaced.  Sound because the values depend only on static dims.
+    """
+    from onnx import numpy_helper
+
+    view = GraphView(model)
+    folder = ShapeFolder(view)
+    names = {t.name for t in model.graph.initializer} | set(view.producer)
+    replaced = 0
+    for node in model.graph.node:
+        for k, inp in enumerate(node.input):
+            if not inp or (node.op_type, k) not in SHAPE_SLOTS or view.is_constant(inp):
+                continue
+            if k == 0 and node.op_type != "ConstantOfShape":
+                continue
+            val = folder.known(inp)
+            if val is None:
+                continue
+            new = f"{inp}_folded"
+            while new in names:
+                new += "_"
+            names.add(new)
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(val, dtype=np.int64), new))
+            node.input[k] = new
+            replaced += 1
+    return replaced

@@ -1,0 +1,287 @@
+"""``shrink``: load → analyze → score → allocate → rewrite → verify → save, with a report.
+
+The Python API mirrors the CLI::
+
+    import graphprune
+    result = graphprune.shrink("model.onnx", ratio=0.5)
+    print(result.summary())
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from graphprune.allocation import Allocation, AllocationOptions, allocate
+from graphprune.analysis import Analysis, analyze
+from graphprune.cost import count
+from graphprune.errors import UsageError, VerificationError
+from graphprune.graph import GraphView
+from graphprune.importance import ImportanceOptions, score_groups
+from graphprune.inputs import load_inputs, random_inputs
+from graphprune.model_io import LoadedModel, load_model, save_model_atomic
+from graphprune.passes.base import PassResult, PruneContext, run_pipeline
+from graphprune.passes.pipeline import pruning_pipeline
+from graphprune.plan import PruningPlan
+from graphprune.rules import AnalysisOptions, Space
+from graphprune.verify import VerifyResult, compare, consumer_zeroing, masked_reference
+
+
+@dataclass
+class ShrinkResult:
+    model: onnx.ModelProto
+    plan: PruningPlan
+    analysis: Analysis
+    allocation: Allocation
+    passes: list[PassResult]
+    verify: VerifyResult | None
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    phases: dict[str, float]
+    output: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def groups_pruned(self) -> int:
+        return sum(1 for d in self.allocation.decisions.values() if d.removed > 0)
+
+    def report(self) -> dict[str, Any]:
+        a = self.analysis
+        return {
+            "output": str(self.output) if self.output else None,
+            "params": {"before": self.params_before, "after": self.params_after,
+                       "ratio": self.params_after / self.params_before if self.params_before else 1.0},
+            "macs": {"before": self.macs_before, "after": self.macs_after,
+                     "ratio": self.macs_after / self.macs_before if self.macs_before else 1.0},
+            "groups": {
+                "total": len(a.groups),
+                "pruned": self.groups_pruned,
+                "prunable": len(a.prunable),
+                "frozen": sum(1 for g in a.groups if g.frozen),
+                "lossy": sum(1 for g in a.groups if g.lossy and not g.frozen),
+            },
+            "decisions": [
+                {"group": d.group_id, "units_before": d.units_before, "units_after": d.units_after,
+                 "skipped": d.skipped}
+                for d in self.allocation.decisions.values()
+            ],
+            "verify": None if self.verify is None else {
+                "passed": self.verify.passed, "exact": self.verify.exact,
+                "max_abs_diff": self.verify.max_abs_diff, "rel_diff": self.verify.rel_diff,
+            },
+            "passes": [{"name": p.name, "modified": p.modified, "details": p.details[:50]} for p in self.passes],
+            "seconds": {k: round(v, 4) for k, v in self.phases.items()},
+            "warnings": self.warnings,
+        }
+
+    def summary(self) -> str:
+        r = self.report()
+        lines = [
+            f"params {r['params']['before']:,} -> {r['params']['after']:,} ({100 * r['params']['ratio']:.1f}%)",
+            f"MACs   {r['macs']['before']:,} -> {r['macs']['after']:,} ({100 * r['macs']['ratio']:.1f}%)",
+            f"groups pruned {r['groups']['pruned']} of {r['groups']['prunable']} prunable "
+            f"({r['groups']['frozen']} frozen, {r['groups']['lossy']} lossy)",
+            "verify " + (self.verify.summary() if self.verify else "skipped (--no-verify)"),
+            "time   " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.phases.items()),
+        ]
+        return "\n".join(lines)
+
+
+def default_output(path: Path) -> Path:
+    return path.with_name(path.stem + ".pruned.onnx")
+
+
+def shrink(
+    source: str | os.PathLike[str] | onnx.ModelProto,
+    *,
+    ratio: float = 0.0,
+    criterion: str = "l2",
+    reduction: str = "mean",
+    normalizer: str = "mean",
+    global_ranking: bool = False,
+    max_ratio: float = 0.9,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    round_to: int = 1,
+    ignore: tuple[str, ...] = (),
+    ratio_for: tuple[tuple[str, float], ...] = (),
+    allow_lossy: bool = False,
+    split: str = "heads",
+    verify: bool = True,
+    inputs: str | os.PathLike[str] | None = None,
+    calib: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    output: str | os.PathLike[str] | None = None,
+    write: bool = True,
+    plan_path: str | os.PathLike[str] | None = None,
+) -> ShrinkResult:
+    """Prune ``source`` and (unless ``write=False``) save it; see the CLI's ``shrink --help``."""
+    phases: dict[str, float] = {}
+    alloc_opts = AllocationOptions(
+        ratio=ratio, global_ranking=global_ranking, max_ratio=max_ratio, target_macs=target_macs,
+        target_params=target_params, round_to=round_to, ignore=tuple(ignore), ratio_for=tuple(ratio_for),
+        allow_lossy=allow_lossy,
+    )
+    imp_opts = ImportanceOptions(criterion=criterion, reduction=reduction, normalizer=normalizer, seed=seed)
+    src_path = None if isinstance(source, onnx.ModelProto) else Path(source)
+    out_path = None
+    if write:
+        if src_path is None and output is None:
+            raise UsageError("give an output path when shrinking an in-memory model")
+        out_path = Path(output) if output is not None else default_output(src_path)  # type: ignore[arg-type]
+        _check_output(out_path, src_path)
+
+    t = time.perf_counter()
+    loaded = load_model(source)
+    phases["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    analysis = analyze(loaded, AnalysisOptions(split_preference=split))  # type: ignore[arg-type]
+    phases["analyze"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    feeds = _calibration(analysis.view, criterion, calib, seed)
+    scores = score_groups(analysis, imp_opts, feeds=feeds)
+    phases["score"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    allocation = allocate(analysis, scores.scores, alloc_opts)
+    plan = PruningPlan.from_units(analysis, allocation.kept)
+    plan.model_sha256 = loaded.sha256
+    plan.meta = {"criterion": criterion, "ratio": allocation.ratio, "global": global_ranking,
+                 "round_to": round_to, "split": split}
+    pruned, pass_results = apply_plan_to_model(loaded, analysis.view, plan.keep)
+    phases["rewrite"] = time.perf_counter() - t
+
+    verify_result = None
+    if verify:
+        t = time.perf_counter()
+        verify_result = prove(loaded.model, pruned, analysis, plan, inputs, seed,
+                              exact=not any(analysis.groups[gid].lossy for gid in allocation.kept))
+        phases["verify"] = time.perf_counter() - t
+        if not verify_result.passed:
+            raise VerificationError(f"pruned model does not match the masked reference: {verify_result.summary()}")
+
+    after = count(GraphView(pruned))
+    result = ShrinkResult(
+        model=pruned, plan=plan, analysis=analysis, allocation=allocation, passes=pass_results,
+        verify=verify_result, params_before=analysis.cost.params, params_after=after.params,
+        macs_before=analysis.cost.macs, macs_after=after.macs, phases=phases,
+        warnings=list(loaded.warnings) + scores.warnings + allocation.warnings,
+    )
+    if write and out_path is not None:
+        t = time.perf_counter()
+        save_model_atomic(pruned, out_path, source=src_path)
+        if plan_path is not None:
+            plan.save(plan_path, analysis.view.is_constant)
+        phases["save"] = time.perf_counter() - t
+        result.output = out_path
+    return result
+
+
+def _check_output(out: Path, src: Path | None) -> None:
+    from graphprune.fileio import check_output_dir
+
+    if src is not None and out.resolve() == src.resolve():
+        raise UsageError(f"output path {out} is the input file; choose another path with -o")
+    check_output_dir(out)
+
+
+def _calibration(view: GraphView, criterion: str, calib: Any, seed: int) -> list[dict[str, np.ndarray]]:
+    if criterion != "activation":
+        return []
+    if calib is not None:
+        return [load_inputs(calib, view)]
+    return [random_inputs(view, batch=4, seed=seed + k) for k in range(4)]
+
+
+def apply_plan_to_model(
+    loaded: LoadedModel, view: GraphView, keep: dict[Space, np.ndarray]
+) -> tuple[onnx.ModelProto, list[PassResult]]:
+    model = onnx.ModelProto()
+    model.CopyFrom(loaded.model)
+    ctx = PruneContext(model, view, keep)
+    results = run_pipeline(pruning_pipeline(), ctx)
+    return ctx.model, results
+
+
+def prove(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    analysis: Analysis,
+    plan: PruningPlan,
+    inputs: str | os.PathLike[str] | None,
+    seed: int,
+    exact: bool = True,
+) -> VerifyResult:
+    """Compare the pruned model with the masked reference on batch 1 and batch 4 inputs."""
+    consumers = {p.space for g in analysis.groups for p in g.params if p.role == "in"}
+    ref = masked_reference(original, consumer_zeroing(plan.keep, plan.sizes, consumers))
+    if inputs is not None:
+        feeds = [load_inputs(inputs, analysis.view)]
+    else:
+        feeds = [random_inputs(analysis.view, batch=b, seed=seed + b) for b in (1, 4)]
+    return compare(pruned, ref, feeds, exact=exact)
+
+
+@dataclass
+class ApplyResult:
+    model: onnx.ModelProto
+    output: Path | None
+    verify: VerifyResult | None
+    passes: list[PassResult]
+
+    def summary(self) -> str:
+        changed = sum(1 for p in self.passes if p.modified)
+        return (f"{changed} passes changed the graph; verify "
+                + (self.verify.summary() if self.verify else "skipped"))
+
+
+def apply_plan(
+    source: str | os.PathLike[str],
+    plan: str | os.PathLike[str] | PruningPlan,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    force: bool = False,
+    write: bool = True,
+) -> ApplyResult:
+    """Apply a saved plan to the model it was made for (hash and shapes are checked)."""
+    src = Path(source)
+    plan_obj = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
+    out_path = Path(output) if output is not None else default_output(src)
+    if write:
+        _check_output(out_path, src)
+    loaded = load_model(src)
+    if plan_obj.model_sha256 and loaded.sha256 != plan_obj.model_sha256 and not force:
+        raise UsageError(
+            f"{src} is not the model this plan was made for (sha256 {str(loaded.sha256)[:12]}… vs "
+            f"{plan_obj.model_sha256[:12]}…); use --force to apply anyway"
+        )
+    analysis = analyze(loaded, AnalysisOptions(split_preference=plan_obj.meta.get("split", "heads")))
+    view = analysis.view
+    for s, size in plan_obj.sizes.items():
+        if s.virtual:
+            continue
+        actual = view.static_dim(s.tensor, s.axis)
+        if actual != size:
+            raise UsageError(
+                f"plan does not fit {src}: tensor '{s.tensor}' axis {s.axis} has size {actual}, plan expects {size}"
+            )
+    pruned, passes = apply_plan_to_model(loaded, view, plan_obj.keep)
+    verify_result = None
+    if verify:
+        verify_result = prove(loaded.model, pruned, analysis, plan_obj, None, 0)
+        if not verify_result.passed:
+            raise VerificationError(f"plan result does not match the masked reference: {verify_result.summary()}")
+    if write:
+        save_model_atomic(pruned, out_path, source=src)
+    return ApplyResult(pruned, out_path if write else None, verify_result, passes)

@@ -1,0 +1,46 @@
+"""Finish a rewrite: drop stale value_info, remove dead nodes and unused constants (with
+onnx-graphsurgeon), re-run shape inference and the full ONNX checker."""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphprune.errors import PassError
+from graphprune.model_io import run_shape_inference
+from graphprune.passes.base import PassResult, PruneContext
+
+
+class Cleanup:
+    name = "cleanup-and-check"
+
+    def __init__(self, check: bool = True) -> None:
+        self.check = check
+
+    def __call__(self, ctx: PruneContext) -> PassResult:
+        model = ctx.model
+        stale = len(model.graph.value_info)
+        del model.graph.value_info[:]
+        n_nodes, n_init = len(model.graph.node), len(model.graph.initializer)
+        graph = gs.import_onnx(model)
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        cleaned = gs.export_onnx(graph, do_type_check=False)
+        # keep the original model-level metadata and opset imports
+        del model.graph.node[:]
+        model.graph.node.extend(cleaned.graph.node)
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(cleaned.graph.initializer)
+        inferred = run_shape_inference(model)
+        model.graph.value_info.extend(inferred.graph.value_info)
+        details = [
+            f"dropped {stale} value_info entries",
+            f"nodes {n_nodes} -> {len(model.graph.node)}, constants {n_init} -> {len(model.graph.initializer)}",
+        ]
+        if self.check:
+            try:
+                if model.ByteSize() < 2**31 - 1:
+                    onnx.checker.check_model(model, full_check=True)
+            except onnx.checker.ValidationError as e:
+                raise PassError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0]}") from e
+            details.append("onnx.checker (full) passed")
+        return PassResult(self.name, True, details)
