@@ -31,11 +31,12 @@ if __package__ in (None, ""):  # run as a script: make `models` importable from 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import architectures as arch  # noqa: E402
-from models.zoo import ZOO, ZOO_DIR, InputSpec, concrete_shape, random_inputs  # noqa: E402
+from models.zoo import ZOO, ZOO_DIR, InputSpec, concrete_shape  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
+DYNAMO_OPSET = 18  # asked for 17, the dynamo exporter builds 18 and its down-conversion fails (Reduce* axes)
 EXPORT_BATCH, EXPORT_SEQ = 2, 16  # trace with batch 2 so nothing specialises on batch 1
 
 
@@ -48,27 +49,56 @@ class ExportSpec:
     seed: int = 0
 
 
-_MBV2_TINY = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1), (6, 160, 1, 2), (6, 320, 1, 1))
+_MBV2_TINY = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 2, 2),
+    (6, 64, 2, 2),
+    (6, 96, 1, 1),
+    (6, 160, 1, 2),
+    (6, 320, 1, 1),
+)
 _MBV3_TINY = tuple(arch.MOBILENETV3_SMALL[i] for i in (0, 1, 2, 3, 4, 6, 8, 9))
 
 TINY: dict[str, ExportSpec] = {
     "small_cnn": ExportSpec(arch.small_cnn),
     "resnet18": ExportSpec(arch.resnet18, {"width": 8, "layers": (2, 2, 2), "num_classes": 10}),
-    "resnet18_bn": ExportSpec(arch.resnet18, {"width": 8, "layers": (2, 2, 2), "num_classes": 10}, keep_bn=True),
-    "resnet18_dynamo": ExportSpec(arch.resnet18, {"width": 8, "layers": (2, 2, 2), "num_classes": 10}, dynamo=True),
-    "resnet50": ExportSpec(arch.resnet50, {"width": 4, "num_classes": 10}),
-    "resnext": ExportSpec(arch.resnext, {"width": 8, "layers": (1, 1, 1), "groups": 4, "base_width": 16, "num_classes": 10}),
-    "mobilenetv2": ExportSpec(arch.mobilenetv2, {"width_mult": 0.25, "settings": _MBV2_TINY, "last_channel": 128, "num_classes": 10}),
-    "mobilenetv2_bn": ExportSpec(
-        arch.mobilenetv2, {"width_mult": 0.25, "settings": _MBV2_TINY, "last_channel": 128, "num_classes": 10}, keep_bn=True
+    "resnet18_bn": ExportSpec(
+        arch.resnet18, {"width": 8, "layers": (2, 2, 2), "num_classes": 10}, keep_bn=True
     ),
-    "mobilenetv3": ExportSpec(arch.mobilenetv3, {"width_mult": 0.25, "settings": _MBV3_TINY, "last_channel": 256, "num_classes": 10}),
-    "densenet": ExportSpec(arch.densenet, {"growth": 8, "block_config": (2, 2, 2), "init_features": 16, "num_classes": 10}),
+    "resnet18_dynamo": ExportSpec(
+        arch.resnet18, {"width": 8, "layers": (2, 2, 2), "num_classes": 10}, dynamo=True
+    ),
+    "resnet50": ExportSpec(arch.resnet50, {"width": 4, "num_classes": 10}),
+    "resnext": ExportSpec(
+        arch.resnext, {"width": 8, "layers": (1, 1, 1), "groups": 4, "base_width": 16, "num_classes": 10}
+    ),
+    "mobilenetv2": ExportSpec(
+        arch.mobilenetv2, {"width_mult": 0.25, "settings": _MBV2_TINY, "last_channel": 128, "num_classes": 10}
+    ),
+    "mobilenetv2_bn": ExportSpec(
+        arch.mobilenetv2,
+        {"width_mult": 0.25, "settings": _MBV2_TINY, "last_channel": 128, "num_classes": 10},
+        keep_bn=True,
+    ),
+    "mobilenetv3": ExportSpec(
+        arch.mobilenetv3, {"width_mult": 0.25, "settings": _MBV3_TINY, "last_channel": 256, "num_classes": 10}
+    ),
+    "densenet": ExportSpec(
+        arch.densenet, {"growth": 8, "block_config": (2, 2, 2), "init_features": 16, "num_classes": 10}
+    ),
     "unet": ExportSpec(arch.unet, {"width": 8, "depth": 2}),
-    "yolo_c2f": ExportSpec(arch.yolo_c2f, {"widths": (8, 8, 16, 16, 32), "depths": (1, 1, 1, 1), "num_classes": 4, "reg_max": 4}),
+    "yolo_c2f": ExportSpec(
+        arch.yolo_c2f, {"widths": (8, 8, 16, 16, 32), "depths": (1, 1, 1, 1), "num_classes": 4, "reg_max": 4}
+    ),
     "convnext": ExportSpec(arch.convnext, {"dims": (16, 32, 64), "depths": (1, 1, 1), "num_classes": 10}),
-    "vit": ExportSpec(arch.vit, {"image_size": 32, "patch": 8, "dim": 32, "depth": 2, "heads": 4, "num_classes": 10}),
-    "bert": ExportSpec(arch.bert, {"vocab": 512, "hidden": 32, "layers": 2, "heads": 4, "intermediate": 128, "max_positions": 64}),
+    "vit": ExportSpec(
+        arch.vit, {"image_size": 32, "patch": 8, "dim": 32, "depth": 2, "heads": 4, "num_classes": 10}
+    ),
+    "bert": ExportSpec(
+        arch.bert,
+        {"vocab": 512, "hidden": 32, "layers": 2, "heads": 4, "intermediate": 128, "max_positions": 64},
+    ),
     "lstm_model": ExportSpec(arch.lstm_model, {"input_size": 8, "hidden": 16, "layers": 2}),
 }
 
@@ -81,7 +111,11 @@ class FullSpec:
 
 
 def _full_image(builder: Callable[..., nn.Module], size: int = 224, classes: int = 1000) -> FullSpec:
-    return FullSpec(ExportSpec(builder), {"input": InputSpec(("N", 3, size, size), np.float32)}, {"output": ("N", classes)})
+    return FullSpec(
+        ExportSpec(builder),
+        {"input": InputSpec(("N", 3, size, size), np.float32)},
+        {"output": ("N", classes)},
+    )
 
 
 # Full-size models for benchmarks (never committed: tens to hundreds of MB).
@@ -94,10 +128,20 @@ FULL: dict[str, FullSpec] = {
     "densenet121": _full_image(arch.densenet),
     "convnext_tiny": _full_image(arch.convnext),
     "vit_b16": _full_image(arch.vit),
-    "yolov8n": FullSpec(ExportSpec(arch.yolo_c2f), {"input": InputSpec(("N", 3, 640, 640), np.float32)}, {"output": ("N", 144, 8400)}),
-    "unet": FullSpec(ExportSpec(arch.unet), {"input": InputSpec(("N", 3, 256, 256), np.float32)}, {"output": ("N", 2, 256, 256)}),
+    "yolov8n": FullSpec(
+        ExportSpec(arch.yolo_c2f),
+        {"input": InputSpec(("N", 3, 640, 640), np.float32)},
+        {"output": ("N", 144, 8400)},
+    ),
+    "unet": FullSpec(
+        ExportSpec(arch.unet),
+        {"input": InputSpec(("N", 3, 256, 256), np.float32)},
+        {"output": ("N", 2, 256, 256)},
+    ),
     "bert_base": FullSpec(
-        ExportSpec(arch.bert), {"input_ids": InputSpec(("N", "S"), np.int64, (0, 30522))}, {"output": ("N", "S", 768)}
+        ExportSpec(arch.bert),
+        {"input_ids": InputSpec(("N", "S"), np.int64, (0, 30522))},
+        {"output": ("N", "S", 768)},
     ),
 }
 FULL_SEQ = 128  # BERT-base example sequence length
@@ -153,7 +197,9 @@ def export_model(
         expected = model(*args)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, feeds)
-    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-4, err_msg=f"{path.name} vs torch")
+    expected_np = expected.numpy()
+    atol = 1e-4 * max(1.0, float(np.abs(expected_np).max()))  # deep random nets reach logits in the 100s
+    np.testing.assert_allclose(got, expected_np, rtol=1e-3, atol=atol, err_msg=f"{path.name} vs torch")
     return exported
 
 
@@ -164,20 +210,34 @@ def _export_dynamo(
     inputs: dict[str, InputSpec],
     outputs: dict[str, tuple[int | str, ...]],
 ) -> None:
-    dims = {d: torch.export.Dim(d, min=1, max=1024) for spec in inputs.values() for d in spec.shape if isinstance(d, str)}
-    dynamic_shapes = tuple({i: dims[d] for i, d in enumerate(spec.shape) if isinstance(d, str)} for spec in inputs.values())
+    dims = {
+        d: torch.export.Dim(d, min=1, max=1024)
+        for spec in inputs.values()
+        for d in spec.shape
+        if isinstance(d, str)
+    }
+    dynamic_shapes = tuple(
+        {i: dims[d] for i, d in enumerate(spec.shape) if isinstance(d, str)} for spec in inputs.values()
+    )
     program = torch.onnx.export(
         model,
         args,
         dynamo=True,
-        opset_version=OPSET,
+        opset_version=DYNAMO_OPSET,
         input_names=list(inputs),
         output_names=list(outputs),
         dynamic_shapes=dynamic_shapes,
         optimize=True,
         verbose=False,
     )
+    assert program is not None
     program.save(str(path), external_data=False)
+    # Node metadata carries stack traces with absolute source paths: drop it so the committed file
+    # leaks no local paths and is reproducible from any checkout.
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    onnx.save(proto, str(path))
 
 
 def op_summary(model: onnx.ModelProto) -> str:
@@ -190,8 +250,14 @@ def op_summary(model: onnx.ModelProto) -> str:
 def param_count(model: onnx.ModelProto) -> int:
     """Float weights, whether stored as initializers or as Constant nodes."""
     tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
-    return sum(int(np.prod(t.dims)) for t in tensors if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+    tensors += [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    ]
+    return sum(
+        int(np.prod(t.dims))
+        for t in tensors
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    )
 
 
 def export_tiny(names: list[str], out_dir: Path) -> None:
@@ -200,7 +266,9 @@ def export_tiny(names: list[str], out_dir: Path) -> None:
         path = out_dir / entry.file
         model = export_model(TINY[name], path, entry.inputs, entry.outputs)
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        print(f"{name:16s} {path.stat().st_size / 1024:7.1f} KB  opset {opset}  params {param_count(model):>8d}  {op_summary(model)}")
+        print(
+            f"{name:16s} {path.stat().st_size / 1024:7.1f} KB  opset {opset}  params {param_count(model):>8d}  {op_summary(model)}"
+        )
 
 
 def export_full(names: list[str], out_dir: Path) -> None:
@@ -208,16 +276,23 @@ def export_full(names: list[str], out_dir: Path) -> None:
         full = FULL[name]
         path = out_dir / f"{name}.onnx"
         model = export_model(full.export, path, full.inputs, full.outputs, seq_len=FULL_SEQ)
-        print(f"{name:16s} {path.stat().st_size / 2**20:7.1f} MB  params {param_count(model):>10d}  {op_summary(model)}")
+        print(
+            f"{name:16s} {path.stat().st_size / 2**20:7.1f} MB  params {param_count(model):>10d}  {op_summary(model)}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ZOO_DIR, help="output folder (default: models/zoo)")
-    parser.add_argument("--full", nargs="+", metavar="NAME", choices=sorted(FULL), help="export full-size models instead")
-    parser.add_argument("--only", nargs="+", metavar="NAME", choices=sorted(TINY), help="export only these tiny models")
+    parser.add_argument(
+        "--full", nargs="+", metavar="NAME", choices=sorted(FULL), help="export full-size models instead"
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", choices=sorted(TINY), help="export only these tiny models"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
     if args.full:
         export_full(args.full, args.out)
     else:

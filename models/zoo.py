@@ -55,8 +55,20 @@ def _classes(n: int = 10) -> dict[str, tuple[Dim, ...]]:
 
 
 _ENTRIES = [
-    ZooModel("small_cnn", Path("small_cnn.onnx"), _image(1, 28), "MNIST-size CNN, first conv has 1 input channel", _classes()),
-    ZooModel("resnet18", Path("resnet18.onnx"), _image(), "ResNet BasicBlocks, width 8, 3 stages; BN folded", _classes()),
+    ZooModel(
+        "small_cnn",
+        Path("small_cnn.onnx"),
+        _image(1, 28),
+        "MNIST-size CNN, first conv has 1 input channel",
+        _classes(),
+    ),
+    ZooModel(
+        "resnet18",
+        Path("resnet18.onnx"),
+        _image(),
+        "ResNet BasicBlocks, width 8, 3 stages; BN folded",
+        _classes(),
+    ),
     ZooModel(
         "resnet18_bn",
         Path("resnet18_bn.onnx"),
@@ -65,9 +77,23 @@ _ENTRIES = [
         _classes(),
         "torch.onnx.export(dynamo=False, training=PRESERVE), opset 17",
     ),
-    ZooModel("resnet50", Path("resnet50.onnx"), _image(), "ResNet-50 Bottlenecks, real depth 3-4-6-3, width 4", _classes()),
-    ZooModel("resnext", Path("resnext.onnx"), _image(), "ResNeXt bottlenecks with 4-group 3x3 conv", _classes()),
-    ZooModel("mobilenetv2", Path("mobilenetv2.onnx"), _image(), "inverted residuals, depthwise 3x3, ReLU6 (Clip)", _classes()),
+    ZooModel(
+        "resnet50",
+        Path("resnet50.onnx"),
+        _image(),
+        "ResNet-50 Bottlenecks, real depth 3-4-6-3, width 4",
+        _classes(),
+    ),
+    ZooModel(
+        "resnext", Path("resnext.onnx"), _image(), "ResNeXt bottlenecks with 4-group 3x3 conv", _classes()
+    ),
+    ZooModel(
+        "mobilenetv2",
+        Path("mobilenetv2.onnx"),
+        _image(),
+        "inverted residuals, depthwise 3x3, ReLU6 (Clip)",
+        _classes(),
+    ),
     ZooModel(
         "mobilenetv2_bn",
         Path("mobilenetv2_bn.onnx"),
@@ -76,12 +102,48 @@ _ENTRIES = [
         _classes(),
         "torch.onnx.export(dynamo=False, training=PRESERVE), opset 17",
     ),
-    ZooModel("mobilenetv3", Path("mobilenetv3.onnx"), _image(), "MobileNetV3-Small: SE blocks, HardSwish, 5x5 depthwise", _classes()),
-    ZooModel("densenet", Path("densenet.onnx"), _image(), "dense blocks (multi-input Concat), pre-activation BN kept", _classes()),
-    ZooModel("unet", Path("unet.onnx"), _image(), "U-Net: maxpool encoder, ConvTranspose decoder, skip Concat", {"output": ("N", 2, 32, 32)}),
-    ZooModel("yolo_c2f", Path("yolo_c2f.onnx"), _image(), "YOLOv8-style C2f (chunk and split), SPPF, Resize, PAN, head", {"output": ("N", 20, 21)}),
-    ZooModel("convnext", Path("convnext.onnx"), _image(), "ConvNeXt: depthwise 7x7, channels-last LayerNorm, MatMul MLP, layer scale", _classes()),
-    ZooModel("vit", Path("vit.onnx"), _image(), "ViT patch 8: fused qkv reshape/permute attention, cls token", _classes()),
+    ZooModel(
+        "mobilenetv3",
+        Path("mobilenetv3.onnx"),
+        _image(),
+        "MobileNetV3-Small: SE blocks, HardSwish, 5x5 depthwise",
+        _classes(),
+    ),
+    ZooModel(
+        "densenet",
+        Path("densenet.onnx"),
+        _image(),
+        "dense blocks (multi-input Concat), pre-activation BN kept",
+        _classes(),
+    ),
+    ZooModel(
+        "unet",
+        Path("unet.onnx"),
+        _image(),
+        "U-Net: maxpool encoder, ConvTranspose decoder, skip Concat",
+        {"output": ("N", 2, 32, 32)},
+    ),
+    ZooModel(
+        "yolo_c2f",
+        Path("yolo_c2f.onnx"),
+        _image(),
+        "YOLOv8-style C2f (chunk and split), SPPF, Resize, PAN, head",
+        {"output": ("N", 20, 21)},
+    ),
+    ZooModel(
+        "convnext",
+        Path("convnext.onnx"),
+        _image(),
+        "ConvNeXt: depthwise 7x7, channels-last LayerNorm, MatMul MLP, layer scale",
+        _classes(),
+    ),
+    ZooModel(
+        "vit",
+        Path("vit.onnx"),
+        _image(),
+        "ViT patch 8: fused qkv reshape/permute attention, cls token",
+        _classes(),
+    ),
     ZooModel(
         "bert",
         Path("bert.onnx"),
@@ -102,7 +164,7 @@ _ENTRIES = [
         _image(),
         "the ResNet-18 above exported by the dynamo (torch.export) exporter",
         _classes(),
-        "torch.onnx.export(dynamo=True), opset 18 (the dynamo exporter's minimum)",
+        "torch.onnx.export(dynamo=True), opset 18 (the dynamo exporter's lowest)",
     ),
     ZooModel(
         "paddleocr_cls",
