@@ -22,9 +22,9 @@ def __getattr__(name: str) -> Any:  # lazy: keep `import graphprune` cheap for t
 
         return analyze
     if name in ("shrink", "apply_plan"):
-        from graphprune import shrink as _shrink
+        import importlib
 
-        return getattr(_shrink, name)
+        return getattr(importlib.import_module("graphprune.pruner"), name)
     if name == "load_model":
         from graphprune.model_io import load_model
 

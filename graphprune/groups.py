@@ -44,13 +44,9 @@ class Group:
         view: GraphView,
         cost: Cost,
     ) -> Group:
+        # (two axes of one tensor in a group is fine: a square weight inside a residual block loses
+        # row c and column c together)
         reasons = sorted({r for s in spaces for r in frozen.get(s, [])})
-        tensors: dict[str, set[int]] = {}
-        for s in spaces:
-            tensors.setdefault(s.tensor, set()).add(s.axis)
-        for t, axes in tensors.items():
-            if len(axes) > 1 and not t.startswith("@"):
-                reasons.append(f"couples axes {sorted(axes)} of tensor '{t}' with each other")
         ps = tuple(p for s in spaces for p in params.get(s, []))
         node_ids = sorted({p.node for p in ps})
         for arr in indices.values():

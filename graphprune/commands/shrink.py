@@ -12,7 +12,7 @@ from graphprune.errors import UsageError
 from graphprune.fileio import write_text_atomic
 from graphprune.importance import NORMALIZERS, REDUCTIONS, criteria
 from graphprune.report import console
-from graphprune.shrink import apply_plan, shrink
+from graphprune.pruner import apply_plan, shrink
 
 
 def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
