@@ -95,15 +95,19 @@ def _is_number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _check_ratio(what: str, r: object) -> None:
-    if not _is_number(r) or not 0.0 <= r < 1.0:  # type: ignore[operator]
+def _check_ratio(what: str, r: float) -> None:
+    if not _is_number(r) or not 0.0 <= r < 1.0:
         raise UsageError(f"{what} must be a fraction in [0, 1), got {r!r}")
 
 
 # results ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GroupDecision:
-    """What allocation did with one group; ``skipped`` says why it kept every unit."""
+    """What allocation did with one group.
+
+    ``ratio`` is the ratio asked of it (the local ratio, its ``ratio_for`` override, or the global
+    budget fraction under global ranking); ``skipped`` says why it kept every unit.
+    """
 
     group_id: int
     units_before: int
@@ -385,12 +389,8 @@ class _Planner:
             if g.id not in out:
                 r = self.elig.override.get(g.id, ratio)
                 out[g.id] = _local_count(g.n_units, r, self.opts.max_ratio)
-        small_free = self.opts.round_small
-        return {
-            gid: (r if small_free and self.groups[gid].n_units < self.opts.round_to
-                  else round_removal(self.groups[gid].n_units, r, self.opts.round_to))
-            for gid, r in out.items()
-        }
+        # groups smaller than round_to are only active with round_small; round_removal leaves them be
+        return {gid: round_removal(self.groups[gid].n_units, r, self.opts.round_to) for gid, r in out.items()}
 
     def search(self, which: str, fraction: float) -> float:
         """Smallest ratio whose estimated cost is within ``fraction`` of dense (bisection)."""
@@ -440,9 +440,10 @@ def allocate(
         if r > 0:
             kept[g.id] = select_kept(planner.score(g), r)
             decisions[g.id] = GroupDecision(g.id, g.n_units, g.n_units - r, asked)
+        elif g.id in planner.elig.skipped:
+            decisions[g.id] = GroupDecision(g.id, g.n_units, g.n_units, 0.0, planner.elig.skipped[g.id])
         else:
-            why = planner.elig.skipped.get(g.id) or _why_nothing(g, asked, opts)
-            decisions[g.id] = GroupDecision(g.id, g.n_units, g.n_units, 0.0 if g.id in planner.elig.skipped else asked, why)
+            decisions[g.id] = GroupDecision(g.id, g.n_units, g.n_units, asked, _why_nothing(g, asked, opts))
     macs, params = planner.cost.evaluate(counts)
     return Allocation(
         kept=kept, decisions=decisions, ratio=ratio,

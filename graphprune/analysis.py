@@ -73,7 +73,7 @@ class _Engine:
         self.outputs: dict[int, RuleOutput | None] = {}
         self.touching: dict[str, list[int]] = defaultdict(list)
         for i, n in enumerate(view.nodes):
-            for t in set(n.input) | set(n.output):
+            for t in set(n.input) | set(n.output) | set(view.implicit_inputs.get(i, [])):
                 if t:
                     self.touching[t].append(i)
         self.rule_names: dict[int, str] = {}
@@ -156,7 +156,8 @@ def analyze(
     for i, out in engine.outputs.items():
         node = view.nodes[i]
         name = view.node_names[i]
-        node_live = [s for t in dict.fromkeys(list(node.input) + list(node.output)) if t for s in live_by_tensor.get(t, [])]
+        tensors = list(node.input) + list(node.output) + view.implicit_inputs.get(i, [])
+        node_live = [s for t in dict.fromkeys(tensors) if t for s in live_by_tensor.get(t, [])]
         if out is None:
             domain = node.domain or "ai.onnx"
             reason = (

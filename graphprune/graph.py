@@ -67,6 +67,22 @@ _SAME_SHAPE_OPS = frozenset({
 })
 
 
+def _subgraph_reads(node: onnx.NodeProto) -> list[str]:
+    """Names a node's subgraphs read from the enclosing scope."""
+    out: list[str] = []
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else (
+            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else [])
+        for g in graphs:
+            local = {t.name for t in g.initializer} | {i.name for i in g.input}
+            for n in g.node:
+                for inp in list(n.input) + _subgraph_reads(n):
+                    if inp and inp not in local:
+                        out.append(inp)
+                local.update(o for o in n.output if o)
+    return list(dict.fromkeys(out))
+
+
 class GraphView:
     """Index of one ONNX graph.  Build once per analysis; cheap queries afterwards."""
 
@@ -81,11 +97,16 @@ class GraphView:
         self.node_names: list[str] = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(self.nodes)]
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = {}
+        # outer-scope tensors that subgraphs (If/Loop/Scan bodies) read without listing them as inputs
+        self.implicit_inputs: dict[int, list[str]] = {}
         for i, n in enumerate(self.nodes):
             for o in n.output:
                 if o:
                     self.producer[o] = i
-            for inp in n.input:
+            implicit = _subgraph_reads(n)
+            if implicit:
+                self.implicit_inputs[i] = implicit
+            for inp in dict.fromkeys(list(n.input) + implicit):
                 if inp:
                     self.consumers.setdefault(inp, []).append(i)
         self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}

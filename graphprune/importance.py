@@ -87,6 +87,7 @@ class ImportanceOptions:
     fallback: str | None = "l2"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "roles", tuple(self.roles))
         _check_choice("reduction", self.reduction, REDUCTIONS)
         _check_choice("normalizer", self.normalizer, NORMALIZERS)
         if not self.roles:
@@ -313,7 +314,7 @@ def _session(view: GraphView, fetch: list[str]) -> Callable[[Mapping[str, np.nda
         if elem is None:
             raise GraphpruneError(f"cannot expose '{t}' for activation scoring: its element type is unknown")
         model.graph.output.append(helper.make_tensor_value_info(t, elem, None))
-    try:
+    try:  # serialising fails above 2 GiB: such models need a path-based session
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as e:
         raise GraphpruneError(f"ONNX Runtime cannot load the model for activation scoring: {e}") from e
@@ -407,6 +408,8 @@ def score_groups(
 
 def _score_one(group: Group, ctx: ScoringContext, warnings: list[str]) -> tuple[np.ndarray, str]:
     name = ctx.options.criterion
+    if group.n_units == 0:  # a frozen region with unknown sizes: nothing to score
+        return np.zeros(0), name
     try:
         raw = get_criterion(name)(group, ctx)
     except NotApplicableError as e:

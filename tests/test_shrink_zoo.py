@@ -46,7 +46,9 @@ def recount_macs(model: onnx.ModelProto) -> int:
         elif n.op_type == "ConvTranspose":
             total += math.prod(shapes[n.input[0]]) * math.prod(shapes[n.input[1]][1:])
         elif n.op_type in ("Gemm", "MatMul"):
-            a = shapes[n.input[0]]
+            a = shapes.get(n.input[0])
+            if not a:  # rank unknown to shape inference: counted as 0 by both sides
+                continue
             k = a[0] if any(at.name == "transA" and at.i for at in n.attribute) else a[-1]
             total += math.prod(shapes[n.output[0]]) * k
     return total

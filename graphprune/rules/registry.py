@@ -234,7 +234,7 @@ class NodeContext:
 
     def freeze_all(self, reason: str) -> RuleOutput:
         res = RuleOutput()
-        for t in self.inputs + self.outputs:
+        for t in self.inputs + self.outputs + self.view.implicit_inputs.get(self.index, []):
             if t:
                 res.freezes.append((t, reason))
         return res
