@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import onnx
-
 from graphprune.passes.base import PassResult, PruneContext
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
-
 from graphprune.passes.base import PassResult, PruneContext
 from graphprune.passes.slice_weights import new_constant_name
+from onnx import numpy_helper
 
 
 def _replace_input(ctx: PruneContext, node: onnx.NodeProto, k: int, value: np.ndarray) -> None:

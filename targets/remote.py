@@ -82,6 +82,7 @@ class SshExecutor(Executor):
         self._root: str | None = None
         self._pending: list[tuple[str, str]] = []  # (uploaded part, final blob) renamed by the next run
         self._known: set[str] = set()  # blobs there (or pending) for this executor
+        self._runner_blob = hashlib.sha256(runner_source().encode()).hexdigest() + ".py"
 
     # -------------------------------------------------------------------------------------- commands
     def _common(self) -> list[str]:
@@ -173,6 +174,9 @@ class SshExecutor(Executor):
         return self._stage_blobs(list(zip(paths, blobs, strict=True)))
 
     def _stage_blobs(self, items: list[tuple[Path | None, str]]) -> list[str]:
+        wanted = len(items)
+        if self._runner_blob not in self._known:  # the runner travels with the first files
+            items = [*items, (None, self._runner_blob)]
         unknown = [b for _, b in items if b not in self._known]
         if unknown or self._root is None:
             have = self._prepare(unknown)
@@ -194,7 +198,7 @@ class SshExecutor(Executor):
                 self._known.add(blob)
                 self.transfers["uploaded"].append(blob)
             out.append(final)
-        return out
+        return out[:wanted]
 
     @staticmethod
     def _blob_name(path: Path) -> str:
@@ -210,8 +214,7 @@ class SshExecutor(Executor):
 
     # ------------------------------------------------------------------------------------------- run
     def run(self, job: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        runner_blob = hashlib.sha256(runner_source().encode()).hexdigest() + ".py"
-        [runner] = self._stage_blobs([(None, runner_blob)])
+        [runner] = self._stage_blobs([(None, self._runner_blob)])
         job = {"protocol": 1, **job}
         if job.get("scratch"):
             job["publish_dir"] = f"{self._root}/blobs"

@@ -195,12 +195,13 @@ def reset_peak_rss() -> bool:
 
 # --------------------------------------------------------------------------------------------- inputs
 def default_dim(index: int, rank: int, label: str) -> int:
-    """A sensible value for a symbolic dimension: batch 1, sequences 128, images 3x224x224."""
+    """A sensible value for a symbolic dimension: batch 1, sequences 16 (short enough for any position
+    table), images 3x224x224, anything else 1.  Every choice is reported; --shapes overrides."""
     low = label.lower()
     if index == 0:
         return 1
-    if any(k in low for k in ("seq", "len", "token", "time", "step")):
-        return 128
+    if low in ("s", "t", "l") or any(k in low for k in ("seq", "len", "token", "time", "step")):
+        return 16
     if rank == 4:
         return 3 if index == 1 else 224
     return 1
@@ -423,7 +424,12 @@ def ort_profile(job: dict[str, Any]) -> dict[str, Any]:
         specs = [(i.name, list(i.shape), _ORT_TYPES.get(i.type, "float32")) for i in sess.get_inputs()]
         feeds, info = make_inputs(specs, prof, notes)
         t0 = time.perf_counter()
-        sess.run(None, feeds)
+        try:
+            sess.run(None, feeds)
+        except Exception as e:
+            shapes = ", ".join(f"{i['name']}:{'x'.join(map(str, i['shape']))}" for i in info)
+            raise JobError("target", f"onnxruntime failed to run {os.path.basename(path)} on inputs {shapes} "
+                                     f"({e}); set the input shapes with --shapes") from e
         first_ms = (time.perf_counter() - t0) * 1e3
         entries.append({"model": path, "init_ms": init_ms, "first_inference_ms": first_ms, "config": used,
                         "inputs": info, "notes": notes, "memory": {

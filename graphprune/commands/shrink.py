@@ -11,8 +11,8 @@ import click
 from graphprune.errors import UsageError
 from graphprune.fileio import write_text_atomic
 from graphprune.importance import NORMALIZERS, REDUCTIONS, criteria
-from graphprune.report import console
 from graphprune.pruner import apply_plan, shrink
+from graphprune.report import console
 
 
 def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from conftest import ZOO, error_line, run_cli
-
 from graphprune.targets.runner import cuda_device_count
 
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx cannot be imported (pip install tensorrt-rtx-cu13)")
