@@ -169,9 +169,9 @@ def analyze(
             continue
         mentioned = out.mentioned()
         whole = {t: r for t, r in out.freezes if isinstance(t, str)}
-        for s, r in out.freezes:
-            if isinstance(s, Space) and s in live:
-                frozen[s].append(r)
+        for target, r in out.freezes:
+            if isinstance(target, Space) and target in live:
+                frozen[target].append(r)
         for s in node_live:
             if s.tensor in whole:
                 frozen[s].append(whole[s.tensor])
@@ -278,24 +278,27 @@ def _split_component(
                         np.concatenate(vs) if vs else np.zeros(0, np.int64))
     space_id = np.concatenate([np.full(int(sizes[s]), k) for k, s in enumerate(spaces)])  # type: ignore[arg-type]
     local = np.concatenate([np.arange(int(sizes[s])) for s in spaces])  # type: ignore[arg-type]
-    order = np.lexsort((local, space_id, labels))
-    lab_sorted = labels[order]
-    bounds = np.flatnonzero(np.diff(lab_sorted)) + 1
-    classes = np.split(order, bounds)
-    by_signature: dict[tuple[tuple[int, int], ...], list[np.ndarray]] = defaultdict(list)
-    for cls in classes:
-        sid, cnt = np.unique(space_id[cls], return_counts=True)
-        by_signature[tuple(zip(sid.tolist(), cnt.tolist(), strict=True))].append(cls)
-    groups = []
-    for sig, units in by_signature.items():
-        member = [spaces[k] for k, _ in sig]
-        indices: dict[Space, np.ndarray] = {}
-        for k, cnt in sig:
-            rows = [local[cls[space_id[cls] == k]] for cls in units]
-            indices[spaces[k]] = np.asarray(rows, dtype=np.int64).reshape(len(units), cnt)
-        first = member[0]
-        perm = np.argsort(indices[first][:, 0], kind="stable")
-        indices = {s: idx[perm] for s, idx in indices.items()}
+    # unit = class of channels; a unit's footprint = how many channels it owns in each space
+    _, lab = np.unique(labels, return_inverse=True)
+    n_lab, n_sp = int(lab.max()) + 1, len(spaces)
+    counts = np.bincount(lab * n_sp + space_id, minlength=n_lab * n_sp).reshape(n_lab, n_sp)
+    footprints, sig_of_lab = np.unique(counts, axis=0, return_inverse=True)
+    sig_of_lab = np.asarray(sig_of_lab).ravel()
+    sig_e = sig_of_lab[lab]
+    order = np.lexsort((local, lab, space_id, sig_e))
+    key = sig_e[order] * n_sp + space_id[order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1, [len(key)]])
+    blocks: dict[int, dict[Space, np.ndarray]] = defaultdict(dict)
+    for b0, b1 in zip(starts[:-1], starts[1:], strict=True):
+        sig, k = divmod(int(key[b0]), n_sp)
+        n_units = int(np.count_nonzero(sig_of_lab == sig))
+        blocks[sig][spaces[k]] = local[order[b0:b1]].reshape(n_units, int(footprints[sig, k]))
+    groups: list[Group] = []
+    for sig in sorted(blocks):
+        indices = blocks[sig]
+        member = list(indices)
+        perm = np.argsort(indices[member[0]][:, 0], kind="stable")
+        indices = {sp: idx[perm] for sp, idx in indices.items()}
         groups.append(
             Group.build(
                 start_id + len(groups), member, indices, sizes, frozen, lossy, params, view, cost,

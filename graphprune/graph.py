@@ -181,7 +181,7 @@ class GraphView:
         return self.constant_value(name)
 
     @cached_property
-    def folder(self):  # type: ignore[no-untyped-def]
+    def folder(self):
         from graphprune.shape_fold import ShapeFolder
 
         return ShapeFolder(self)

@@ -69,7 +69,7 @@ def consumer_zeroing(keep: dict[Space, np.ndarray], sizes: dict[Space, int],
     return out
 
 
-def session(model: onnx.ModelProto, threads: int = 0):  # type: ignore[no-untyped-def]
+def session(model: onnx.ModelProto, threads: int = 0):
     import onnxruntime as ort
 
     if "CPUExecutionProvider" not in ort.get_available_providers():

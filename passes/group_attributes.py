@@ -23,12 +23,12 @@ class RewriteGroupAttributes:
         view = ctx.view
         for i, node in enumerate(ctx.model.graph.node):
             if node.op_type in ("Conv", "ConvTranspose"):
-                group = int(view.attr(i, "group", 1))  # type: ignore[call-overload]
+                group = int(view.attr(i, "group", 1))
                 x, w = node.input[0], node.input[1]
                 cin = view.static_dim(w, 0) if node.op_type == "ConvTranspose" else (
                     (view.static_dim(w, 1) or 0) * group)
                 if group > 1 and group == cin and ctx.kept(x, 1) is not None:
-                    new = len(ctx.kept(x, 1))  # type: ignore[arg-type]
+                    new = len(ctx.kept(x, 1))
                     if new != group:
                         _set_int(node, "group", new)
                         details.append(f"{node.op_type} '{view.node_names[i]}': group {group} -> {new}")
@@ -37,7 +37,7 @@ class RewriteGroupAttributes:
                 kept = ctx.kept(x, 1)
                 if kept is None:
                     continue
-                groups = int(view.attr(i, "num_groups", 1))  # type: ignore[call-overload]
+                groups = int(view.attr(i, "num_groups", 1))
                 c = view.static_dim(x, 1) or groups
                 new = len(kept) // (c // groups)
                 if new != groups:

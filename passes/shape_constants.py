@@ -62,7 +62,7 @@ def _constant_target(ctx: PruneContext, i: int, x: str, y: str) -> np.ndarray:
 
 def _split(ctx: PruneContext, i: int, node: onnx.NodeProto) -> str | None:
     x = node.input[0]
-    axis = int(ctx.view.attr(i, "axis", 0))  # type: ignore[call-overload]
+    axis = int(ctx.view.attr(i, "axis", 0))
     r = ctx.view.rank(x) or 0
     axis = axis + r if axis < 0 else axis
     if ctx.kept(x, axis) is None:
@@ -75,7 +75,7 @@ def _split(ctx: PruneContext, i: int, node: onnx.NodeProto) -> str | None:
     for a in node.attribute:
         if a.name == "split":
             del a.ints[:]
-            a.ints.extend(int(s) for s in sizes)  # type: ignore[arg-type]
+            a.ints.extend(int(s) for s in sizes)
             break
         if a.name == "num_outputs":
             node.attribute.remove(a)
@@ -90,7 +90,7 @@ def _split(ctx: PruneContext, i: int, node: onnx.NodeProto) -> str | None:
                 node.input.append("")
             _replace_input(ctx, node, 1, arr)
         else:
-            node.attribute.append(onnx.helper.make_attribute("split", [int(s) for s in sizes]))  # type: ignore[arg-type]
+            node.attribute.append(onnx.helper.make_attribute("split", [int(s) for s in sizes]))
     return f"Split '{ctx.view.node_names[i]}': sizes {old} -> {sizes}"
 
 
@@ -110,7 +110,7 @@ def _slice(ctx: PruneContext, i: int, node: onnx.NodeProto) -> str | None:
         kept = pruned.get(a)
         if kept is None:
             continue
-        n = int(ctx.view.static_dim(x, a))  # type: ignore[arg-type]
+        n = int(ctx.view.static_dim(x, a))
         s, e, _ = slice(int(starts[k]), int(ends[k])).indices(n)
         new_s = int(np.searchsorted(kept, s))
         new_e = int(np.searchsorted(kept, e)) if int(ends[k]) < n else int(ends[k])

@@ -225,6 +225,8 @@ def register(cli: click.Group) -> None:
         for key, path in engine.artifacts.items():
             size = path.stat().st_size if path.is_file() else None
             click.echo(f"  {key}: {path} ({_human_bytes(size)})")
+        for note in (engine.report.get("build") or {}).get("notes") or []:
+            click.echo(f"Note: {note}", err=True)
 
     @cli.command("profile")
     @click.argument("model", type=click.Path(path_type=Path))

@@ -192,7 +192,7 @@ class NodeContext:
         v = self.attr(name, None)
         if v is None:
             return default
-        return [int(x) for x in v]  # type: ignore[union-attr]
+        return [int(x) for x in v]  # type: ignore[attr-defined]
 
     def shape(self, name: str) -> Shape | None:
         return self.view.shape(name) if name else None

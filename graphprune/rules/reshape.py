@@ -114,7 +114,7 @@ def resolve_target(ctx: NodeContext, x: str, y: str) -> list[Dim] | None:
 
 def _product(dims: list[Dim]) -> Dim:
     if all(isinstance(d, int) for d in dims):
-        return math.prod(int(d) for d in dims)  # type: ignore[arg-type]
+        return math.prod(d for d in dims if isinstance(d, int))
     non_one = [d for d in dims if d != 1]
     return non_one[0] if len(non_one) == 1 else None
 
