@@ -269,7 +269,7 @@ def _split_component(
         offsets[s] = n
         n += int(sizes[s])  # type: ignore[arg-type]
     us, vs = [], []
-    for a, b, data in sub.edges(data=True):
+    for _, _, data in sub.edges(data=True):
         c: Coupling = data["coupling"]
         ia, ib = c.map.pairs(int(sizes[c.a]), int(sizes[c.b]))  # type: ignore[arg-type]
         us.append(ia + offsets[c.a])

@@ -46,6 +46,6 @@ def test_wheel_installs_and_imports_every_module(tmp_path):
 
 
 def test_top_level_passes_import_is_refused():
-    code = "import sys; sys.path.insert(0, %r); import passes" % str(ROOT)
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import passes"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode != 0 and "graphprune.passes" in p.stderr

@@ -50,7 +50,7 @@ def test_mobilenetv2_depthwise_ties_expansion_to_projection_input():
 def test_densenet_concat_offsets():
     a = analyze(str(ZOO["densenet"].path))
     view = a.view
-    for i, node in enumerate(view.nodes):
+    for node in view.nodes:
         if node.op_type != "Concat" or len(node.input) < 2:
             continue
         off = 0

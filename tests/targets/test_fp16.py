@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import ZOO, conv_model, resize_model
 from graphprune.targets.fp16 import convert_float_to_float16
 from onnx import TensorProto
 from onnx.reference import ReferenceEvaluator
+from target_helpers import ZOO, conv_model, resize_model
 
 from graphprune.model_io import load_model
 
@@ -34,7 +34,7 @@ def test_resize_scales_and_shape_math_stay_fp32() -> None:
     assert casts["shp_f"].attribute[0].i == TensorProto.FLOAT
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     ref = ort.InferenceSession(src.SerializeToString()).run(None, {"x": x})
-    got = ReferenceEvaluator(m).run(None, {"x": x})
+    got = list(ReferenceEvaluator(m).run(None, {"x": x}))
     assert got[0].dtype == np.float32
     np.testing.assert_allclose(got[0], ref[0], rtol=2e-2, atol=2e-2)
     np.testing.assert_array_equal(got[1], ref[1])
@@ -46,7 +46,7 @@ def test_conv_model_numerics_and_io_types() -> None:
     assert set(_types(res.model).values()) == {TensorProto.FLOAT16}
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     ref = ort.InferenceSession(src.SerializeToString()).run(None, {"x": x})[0]
-    got = ReferenceEvaluator(res.model).run(None, {"x": x})[0]
+    got = list(ReferenceEvaluator(res.model).run(None, {"x": x}))[0]
     np.testing.assert_allclose(got, ref, rtol=2e-2, atol=2e-2)
 
 

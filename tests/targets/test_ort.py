@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import ZOO, error_line, run_cli
+from target_helpers import ZOO, error_line, run_cli
 
 FAST = ["--warmup", "0", "--iterations", "3", "--duration", "0"]
 STAT_KEYS = {"count", "min", "max", "mean", "median", "p90", "p95", "p99", "std", "cv", "throughput_per_s"}

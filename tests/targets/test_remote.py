@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SshServer, _free_port, _keygen, error_line, run_cli
+from target_helpers import SshServer, error_line, free_port, keygen, run_cli
 
 FAST = ["--warmup", "0", "--iterations", "2", "--duration", "0"]
 HOSTILE = ["a b.onnx", "it's \"quoted\".onnx", "$(touch pwned).onnx", "semi;colon && echo x.onnx",
@@ -104,7 +104,7 @@ def test_unknown_host_key_is_refused_unless_opted_in(sshd: SshServer, models: di
 def test_changed_host_key_is_refused_even_with_opt_in(sshd: SshServer, models: dict[str, Path],
                                                       tmp_path: Path) -> None:
     other = tmp_path / "other"
-    _keygen(other)
+    keygen(other)
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[127.0.0.1]:{sshd.port} " + " ".join(other.with_suffix(".pub").read_text().split()[:2]) + "\n")
     args = sshd.device_args()
@@ -115,13 +115,13 @@ def test_changed_host_key_is_refused_even_with_opt_in(sshd: SshServer, models: d
 
 def test_wrong_user_key_and_unreachable_port(sshd: SshServer, models: dict[str, Path], tmp_path: Path) -> None:
     wrong = tmp_path / "wrong_key"
-    _keygen(wrong)
+    keygen(wrong)
     args = sshd.device_args()
     args[args.index("--identity") + 1] = str(wrong)
     r = run_cli("profile", models["dense"], "-t", "ort-cpu", *FAST, *args)
     assert r.exit_code == 1 and "authentication failed" in error_line(r)
     args = sshd.device_args()
-    args[args.index("--device") + 1] = f"ssh://{sshd.user}@127.0.0.1:{_free_port()}"
+    args[args.index("--device") + 1] = f"ssh://{sshd.user}@127.0.0.1:{free_port()}"
     r = run_cli("profile", models["dense"], "-t", "ort-cpu", *FAST, *args)
     assert r.exit_code == 1 and "cannot reach ssh://" in error_line(r)
     r = run_cli("profile", models["dense"], "-t", "ort-cpu", "--device", "ssh://-oProxyCommand=x@h")
@@ -144,7 +144,7 @@ def test_targets_on_device(sshd: SshServer) -> None:
     assert rows["ort-cpu"] is True and json.loads(r.stdout)["location"] == sshd.url
 
 
-@pytest.mark.skipif(subprocess.run([sys.executable, "-c", "import tensorrt_rtx"], capture_output=True).returncode,
+@pytest.mark.skipif(bool(subprocess.run([sys.executable, "-c", "import tensorrt_rtx"], capture_output=True).returncode),
                     reason="tensorrt_rtx cannot be imported")
 def test_remote_tensorrt_rtx_build_is_fetched_and_stays_cached(sshd: SshServer, models: dict[str, Path],
                                                                  tmp_path: Path) -> None:

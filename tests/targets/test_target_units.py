@@ -104,3 +104,22 @@ def test_symbolic_dims_defaults_and_checks() -> None:
 def test_runner_errors_map_to_typed_errors(stdout: str, rc: int, cls: type, needle: str) -> None:
     with pytest.raises(cls, match=needle.replace("(", r"\(").replace(")", r"\)")):
         parse_runner_output(stdout, "last words", rc, "ssh://h", "python3")
+
+
+def test_runner_bundle_defines_every_name_it_uses() -> None:
+    """The halves lose their graphprune import in the bundle: everything they use must still be defined."""
+    import builtins
+
+    tree = ast.parse(runner_source())
+    defined = set(dir(builtins))
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import | ast.ImportFrom):
+            defined.update((a.asname or a.name).split(".")[0] for a in n.names)
+        elif isinstance(n, ast.FunctionDef | ast.ClassDef):
+            defined.add(n.name)
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            defined.add(n.id)
+        elif isinstance(n, ast.arg):
+            defined.add(n.arg)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    assert used - defined == set()

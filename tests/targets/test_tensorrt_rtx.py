@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import ZOO, error_line, run_cli
 from graphprune.targets.runner import cuda_device_count
+from target_helpers import ZOO, error_line, run_cli
 
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx cannot be imported (pip install tensorrt-rtx-cu13)")
 NO_GPU = cuda_device_count()[0] == 0
@@ -17,7 +18,7 @@ REPORT_KEYS = {"library", "strongly_typed", "precision", "flags", "workspace_byt
                "notes", "warnings"}
 
 
-def _build(model: Path, out: Path, *extra: str) -> dict:
+def _build(model: Path, out: Path, *extra: str | Path) -> dict[str, Any]:
     r = run_cli("build", model, "-t", "tensorrt-rtx", "-o", out, *extra)
     assert r.exit_code == 0, r.stderr
     assert out.stat().st_size > 0
