@@ -17,7 +17,7 @@ from graphprune.rules import Space
 from graphprune.verify import masked_reference
 from models.zoo import ZOO, random_inputs
 
-MODELS = ["small_cnn", "resnet18_bn", "resnext", "mobilenetv2_bn", "densenet", "unet", "yolo_c2f",
+MODELS = ["small_cnn", "resnet18_bn", "resnet50", "resnext", "mobilenetv2_bn", "densenet", "unet", "yolo_c2f",
           "bert", "vit"]
 
 
@@ -89,11 +89,13 @@ def test_perturbing_a_unit_changes_exactly_its_channels(name):
         masked = masked_reference(model, zero)
         base = _run(masked, feeds, names)
         changed: set[Space] = set()
+        base_prod = _run(masked, feeds, sorted({p.tensor for p in producers}))
         for prod in producers:
             rank = view.rank(prod.tensor)
             size = view.static_dim(prod.tensor, prod.axis)
             idx = g.indices[prod][c]
-            for delta in (100.0, -100.0):  # large enough to pass any ReLU
+            big = 10.0 + 4.0 * float(np.abs(base_prod[prod.tensor]).max())
+            for delta in (big, -big):  # large enough to pass any ReLU, whatever the activation scale
                 pm = _perturbed(masked, prod.tensor, prod.axis, rank, idx, delta)
                 # make the delta span the whole axis so broadcasting is exact
                 for t in pm.graph.initializer:
