@@ -10,10 +10,11 @@ from __future__ import annotations
 import statistics
 import time
 
-from graphprune.targets.executor import LocalExecutor
-from graphprune.targets.runner import timed_loop
 from rich.console import Console
 from rich.table import Table
+
+from graphprune.targets.executor import LocalExecutor
+from graphprune.targets.runner import timed_loop
 
 
 def main() -> None:

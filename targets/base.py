@@ -108,8 +108,9 @@ class Target(abc.ABC):
         """Build ``model`` into an engine written at ``output`` (a default path beside the model if None)."""
 
     @abc.abstractmethod
-    def load(self, path: Path, options: TargetOptions) -> Engine:
-        """Turn a profile argument (an ONNX model or an already built engine) into an Engine."""
+    def load(self, path: Path, options: TargetOptions, workdir: Path | None = None) -> Engine:
+        """Turn a profile argument (an ONNX model or a built engine) into an Engine; targets that must
+        build first (TensorRT) build into ``workdir``, which the caller owns."""
 
     @abc.abstractmethod
     def profile(self, engines: Sequence[Engine], options: TargetOptions, timing: ProfileOptions) -> ProfileReport:

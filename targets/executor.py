@@ -20,9 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from graphprune.targets.runner import RESULT_MARK
-
 from graphprune.errors import GraphpruneError, ModelLoadError, TargetError, TargetUnavailableError, UsageError
+from graphprune.targets.runner import RESULT_MARK
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,17 @@ _KINDS: dict[str, type[GraphpruneError]] = {
 
 @functools.lru_cache(maxsize=1)
 def runner_source() -> str:
-    """The one script shipped to devices: runner.py, runner_trt.py without its imports, the main guard."""
+    """The one script shipped to devices: runner.py, then runner_ort.py and runner_trt.py without their
+    import blocks (runner.py defines those names), then runner.py's ``__main__`` guard."""
     here = Path(__file__).resolve().parent
     core = (here / "runner.py").read_text(encoding="utf-8")
-    trt = (here / "runner_trt.py").read_text(encoding="utf-8")
     head, main = core.split(_MAIN)
-    doc = trt[: trt.index(_DROP_BEGIN)].replace("from __future__ import annotations", "")
-    body = trt[trt.index(_DROP_END) + len(_DROP_END):]
-    return f"{head}\n# {'=' * 40} runner_trt.py\n{doc}{body}\n{_MAIN}{main}"
+    parts = [head]
+    for name in ("runner_ort.py", "runner_trt.py"):
+        text = (here / name).read_text(encoding="utf-8")
+        doc = text[: text.index(_DROP_BEGIN)].replace("from __future__ import annotations", "")
+        parts.append(f"\n# {'=' * 40} {name}\n{doc}{text[text.index(_DROP_END) + len(_DROP_END):]}")
+    return "".join(parts) + f"\n{_MAIN}{main}"
 
 
 def error_from_runner(err: dict[str, Any], where: str) -> GraphpruneError:

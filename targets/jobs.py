@@ -8,13 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from graphprune.targets.base import Engine, ProfileOptions, TargetOptions
-from graphprune.targets.executor import Executor, LocalExecutor
-from graphprune.targets.report import BUILD_SCHEMA, ProfileReport, write_json
-
 from graphprune import __version__
 from graphprune.errors import ModelLoadError, UsageError
 from graphprune.model_io import file_sha256, load_model
+from graphprune.targets.base import Engine, ProfileOptions, TargetOptions
+from graphprune.targets.executor import Executor, LocalExecutor
+from graphprune.targets.report import BUILD_SCHEMA, ProfileReport, write_json
 
 
 def executor_of(options: TargetOptions) -> Executor:

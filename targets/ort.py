@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from graphprune.errors import UsageError
 from graphprune.targets.base import Engine, ProfileOptions, Target, TargetOptions
 from graphprune.targets.executor import Executor
 from graphprune.targets.jobs import (
@@ -26,8 +27,6 @@ from graphprune.targets.jobs import (
     write_build_report,
 )
 from graphprune.targets.report import ProfileReport
-
-from graphprune.errors import UsageError
 
 
 class OrtTarget(Target):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from graphprune.targets.base import Target
-
 from graphprune.errors import InternalError, UsageError
+from graphprune.targets.base import Target
 
 _REGISTRY: dict[str, Callable[[], Target]] = {}
 

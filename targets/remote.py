@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graphprune.targets.executor import Executor, move_into_place, parse_runner_output, runner_source
-
 from graphprune.errors import GraphpruneError, TargetError, TargetUnavailableError, UsageError
 from graphprune.model_io import file_sha256
+from graphprune.targets.executor import Executor, move_into_place, parse_runner_output, runner_source
 
 log = logging.getLogger(__name__)
 

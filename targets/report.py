@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graphprune import __version__
+from graphprune.errors import UsageError
 from graphprune.targets.base import Engine, ProfileOptions
 from graphprune.targets.executor import file_mode
 from graphprune.targets.stats import LatencyStats, aggregate_per_node, variance_warning
-
-from graphprune import __version__
-from graphprune.errors import UsageError
 
 PROFILE_SCHEMA = "graphprune.profile/1"
 BUILD_SCHEMA = "graphprune.build/1"

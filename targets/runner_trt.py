@@ -8,7 +8,6 @@ parsing a version string.  Like ``runner.py`` it imports only the standard libra
 
 from __future__ import annotations
 
-# --- bundle: drop from here (the shipped bundle has these names from runner.py) ---
 import os
 import sys
 import tempfile
@@ -16,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# --- bundle: drop from here (runner.py defines these names in the shipped bundle) ---
 from graphprune.targets.runner import (
     JobError,
     cuda_device_count,

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from graphprune.errors import TargetError, UsageError
+from graphprune.model_io import load_model, save_model_atomic
 from graphprune.targets.base import Engine, ProfileOptions, Target, TargetOptions
 from graphprune.targets.executor import Executor
 from graphprune.targets.jobs import (
@@ -30,9 +32,6 @@ from graphprune.targets.jobs import (
 )
 from graphprune.targets.report import ProfileReport
 from graphprune.targets.runner import cuda_device_count
-
-from graphprune.errors import TargetError, UsageError
-from graphprune.model_io import load_model, save_model_atomic
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")

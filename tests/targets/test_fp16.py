@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from graphprune.targets.fp16 import convert_float_to_float16
 from onnx import TensorProto
 from onnx.reference import ReferenceEvaluator
 from target_helpers import ZOO, conv_model, resize_model
 
 from graphprune.model_io import load_model
+from graphprune.targets.fp16 import convert_float_to_float16
 
 
 def _types(m: onnx.ModelProto) -> dict[str, int]:

@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from graphprune.targets.executor import parse_runner_output, runner_source
-from graphprune.targets.runner import RESULT_MARK, JobError, default_dim, resolve_shape
-from graphprune.targets.stats import LatencyStats, aggregate_per_node, percentile, variance_warning
 
 from graphprune.commands.targets import parse_shapes, parse_size
 from graphprune.errors import ModelLoadError, TargetError, TargetUnavailableError, UsageError
+from graphprune.targets.executor import parse_runner_output, runner_source
+from graphprune.targets.runner import RESULT_MARK, JobError, default_dim, resolve_shape
+from graphprune.targets.stats import LatencyStats, aggregate_per_node, percentile, variance_warning
 
 
 def test_runner_bundle_is_one_self_contained_script() -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from graphprune.targets.runner import cuda_device_count
 from target_helpers import ZOO, error_line, run_cli
+
+from graphprune.targets.runner import cuda_device_count
 
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx cannot be imported (pip install tensorrt-rtx-cu13)")
 NO_GPU = cuda_device_count()[0] == 0
