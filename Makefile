@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-extra: $(VENV)/.installed
 	# TensorRT for RTX: parses ONNX and builds engines ahead of time on a CPU-only machine.
 	-$(PIP) install -q tensorrt-rtx-cu13
+	# CPU torch (a local wheel on these machines) for the state_dict and zoo re-export tests
+	-$(PIP) install -q torch==2.13.0
 	@touch $@
 
 install: $(VENV)/.installed
