@@ -60,6 +60,7 @@ class AllocationOptions:
     round_small: bool = False
     ignore: tuple[str, ...] = ()
     ratio_for: tuple[tuple[str, float], ...] = ()
+    kind_ratios: tuple[tuple[str, float], ...] = ()  # e.g. (("heads", 0.25),): ratio per group kind
     allow_lossy: bool = False
 
     def __post_init__(self) -> None:
@@ -68,6 +69,9 @@ class AllocationOptions:
         _check_ratio("ratio", self.ratio)
         for pattern, r in self.ratio_for:
             _check_ratio(f"ratio for '{pattern}'", r)
+        object.__setattr__(self, "kind_ratios", tuple((str(k), r) for k, r in self.kind_ratios))
+        for kind, r in self.kind_ratios:
+            _check_ratio(f"ratio for {kind}", r)
         if not _is_number(self.max_ratio) or not 0.0 <= self.max_ratio <= 1.0:
             raise UsageError(f"max_ratio must be in [0, 1], got {self.max_ratio!r}")
         for name in ("target_macs", "target_params"):
@@ -294,8 +298,11 @@ def _eligibility(analysis: Analysis, opts: AllocationOptions) -> _Eligible:
             out.skipped[g.id] = reason
             continue
         hit = _first_match(override_patterns, names)
+        kinds = dict(opts.kind_ratios)
         if hit is not None:
             out.override[g.id] = float(override_value[hit])
+        elif g.kind in kinds:
+            out.override[g.id] = float(kinds[g.kind])
     for kind, patterns in (("ignore", opts.ignore), ("ratio_for", override_patterns)):
         for p in dict.fromkeys(patterns):
             if p not in used:

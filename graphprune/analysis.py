@@ -147,6 +147,7 @@ def analyze(
     frozen: dict[Space, list[str]] = defaultdict(list)
     lossy: dict[Space, list[str]] = defaultdict(list)
     params: dict[Space, list[Param]] = defaultdict(list)
+    tags: dict[Space, set[str]] = defaultdict(set)
     couplings: list[Coupling] = []
     live = engine.live
 
@@ -183,6 +184,9 @@ def analyze(
         for s, r in out.lossy:
             if s in live:
                 lossy[s].append(r)
+        for s, tag in out.tags:
+            if s in live:
+                tags[s].add(tag)
         for p in out.params:
             if p.space in live:
                 params[p.space].append(p)
@@ -210,7 +214,7 @@ def analyze(
     cost = count(view)
     groups: list[Group] = []
     for comp in nx.connected_components(g):
-        groups.extend(_split_component(g.subgraph(comp), sizes, frozen, lossy, params, view, cost, len(groups)))
+        groups.extend(_split_component(g.subgraph(comp), sizes, frozen, lossy, params, tags, view, cost, len(groups)))
     groups.sort(key=lambda gr: (not gr.prunable, -gr.macs, gr.spaces[0]))
     groups = [gr.renumbered(k) for k, gr in enumerate(groups)]
     return Analysis(
@@ -224,6 +228,14 @@ def analyze(
         seconds=time.perf_counter() - t0,
         warnings=list(loaded.warnings),
     )
+
+
+def _kind(tags: set[str]) -> str:
+    if "heads" in tags:
+        return "heads"
+    if "head-dim" in tags:
+        return "head-dim"
+    return "channels"
 
 
 def _space_sizes(view: GraphView, live: set[Space], couplings: list[Coupling]) -> dict[Space, int | None]:
@@ -254,6 +266,7 @@ def _split_component(
     frozen: dict[Space, list[str]],
     lossy: dict[Space, list[str]],
     params: dict[Space, list[Param]],
+    tags: dict[Space, set[str]],
     view: GraphView,
     cost: Cost,
     start_id: int,
@@ -302,6 +315,7 @@ def _split_component(
         groups.append(
             Group.build(
                 start_id + len(groups), member, indices, sizes, frozen, lossy, params, view, cost,
+                kind=_kind({t for sp in member for t in tags.get(sp, ())}),
             )
         )
     return groups

@@ -28,6 +28,9 @@ def write_text_atomic(dest: Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, dest)
     except OSError as e:
         with contextlib.suppress(OSError):

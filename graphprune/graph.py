@@ -145,6 +145,24 @@ class GraphView:
                     self.shapes[n.output[0]] = s
                     if n.input[0] in self.dtypes:
                         self.dtypes[n.output[0]] = self.dtypes[n.input[0]]
+            elif n.op_type == "Slice" and len(n.input) >= 4 and n.input[3] and n.output:
+                self._complete_slice(n)
+
+    def _complete_slice(self, n: onnx.NodeProto) -> None:
+        """A Slice with dynamic bounds keeps the dims of the axes it does not slice."""
+        src = self.shapes.get(n.input[0])
+        axes = self.constant_value(n.input[3]) if self.is_constant(n.input[3]) else None
+        if src is None or axes is None:
+            return
+        r = len(src)
+        sliced = {int(a) + r if a < 0 else int(a) for a in np.asarray(axes).ravel()}
+        out = list(self.shapes.get(n.output[0]) or [None] * r)
+        if len(out) != r:
+            return
+        for a in range(r):
+            if a not in sliced and (out[a] is None or (isinstance(out[a], str) and str(out[a]).startswith("unk__"))):
+                out[a] = src[a]
+        self.shapes[n.output[0]] = tuple(out)
 
     # --- constants -------------------------------------------------------------------------------
     def is_constant(self, name: str) -> bool:

@@ -30,6 +30,7 @@ class Group:
     lossy_reasons: tuple[str, ...]
     nodes: tuple[str, ...]
     macs: int
+    kind: str = "channels"  # "channels", or "heads" / "head-dim" for attention groups
 
     # construction ------------------------------------------------------------------------------
     @staticmethod
@@ -43,6 +44,7 @@ class Group:
         params: Mapping[Space, list[Param]],
         view: GraphView,
         cost: Cost,
+        kind: str = "channels",
     ) -> Group:
         # (two axes of one tensor in a group is fine: a square weight inside a residual block loses
         # row c and column c together)
@@ -61,6 +63,7 @@ class Group:
             lossy_reasons=tuple(sorted({r for s in spaces for r in lossy.get(s, [])})),
             nodes=tuple(view.node_names[i] for i in node_ids),
             macs=sum(cost.node_macs.get(i, 0) for i in node_ids),
+            kind=kind,
         )
 
     @staticmethod

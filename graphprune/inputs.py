@@ -15,13 +15,17 @@ from graphprune.graph import GraphView
 DEFAULT_DIMS = {"batch": 2, "other": 8}
 
 
-def input_specs(view: GraphView) -> dict[str, tuple[tuple[int | str | None, ...], np.dtype]]:
+def input_specs(view: GraphView) -> dict[str, tuple[tuple[int | str | None, ...] | None, np.dtype]]:
     out = {}
     for vi in view.graph.input:
         if vi.name in view.initializers:
             continue
-        shape = view.shape(vi.name) or ()
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        shape = view.shape(vi.name)  # None: unknown rank (not a scalar)
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f"input '{vi.name}' is not a tensor of a numeric type graphprune can feed "
+                             f"({onnx.helper.printable_type(vi.type) or 'no type'})") from None
         out[vi.name] = (shape, dtype)
     return out
 
@@ -50,6 +54,9 @@ def random_inputs(
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, (shape, dtype) in input_specs(view).items():
+        if shape is None:
+            raise UsageError(f"input '{name}' has no shape (unknown rank), so random values cannot be made "
+                             "for it; pass --inputs with an .npz holding it")
         concrete = []
         for k, d in enumerate(shape):
             if isinstance(d, int) and d > 0:

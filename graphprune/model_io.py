@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,7 @@ class LoadedModel:
     sha256: str | None
     original_opset: int
     warnings: list[str] = field(default_factory=list)
+    external_files: list[str] = field(default_factory=list)
 
     @property
     def opset(self) -> int:
@@ -61,18 +62,37 @@ def file_sha256(path: Path) -> str:
 
 
 def _iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto a graph holds: initializers, sparse initializers, attribute tensors, subgraphs."""
     yield from graph.initializer
-    for node in graph.node:
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _iter_node_tensors(graph.node)
+
+
+def _iter_node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 yield attr.t
             elif attr.type == onnx.AttributeProto.TENSORS:
                 yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSORS:
+                for sparse in attr.sparse_tensors:
+                    yield from (sparse.values, sparse.indices)
             elif attr.type == onnx.AttributeProto.GRAPH:
                 yield from _iter_tensors(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
                     yield from _iter_tensors(g)
+
+
+def _iter_model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of the model, model-local functions included (ONNX Runtime loads those too)."""
+    yield from _iter_tensors(model.graph)
+    for fn in model.functions:
+        yield from _iter_node_tensors(fn.node)
 
 
 def check_external_data_locations(model: onnx.ModelProto, base_dir: Path) -> list[str]:
@@ -82,7 +102,7 @@ def check_external_data_locations(model: onnx.ModelProto, base_dir: Path) -> lis
     """
     base = base_dir.resolve()
     files: list[str] = []
-    for tensor in _iter_tensors(model.graph):
+    for tensor in _iter_model_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
@@ -123,6 +143,7 @@ def load_model(
     warnings: list[str] = []
     path: Path | None = None
     digest: str | None = None
+    ext_files: list[str] = []
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
@@ -132,8 +153,14 @@ def load_model(
             raise ModelLoadError(f"{path}: no such file")
         if path.is_dir():
             raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise ModelLoadError(f"{path}: file is empty")
+        if size > _PROTOBUF_LIMIT:  # protobuf cannot parse it: refuse before reading gigabytes
+            raise ModelLoadError(
+                f"{path}: file is {size / 2**30:.1f} GiB, over protobuf's 2 GiB limit for one ONNX file; "
+                "save the weights as external data (onnx.save_model(..., save_as_external_data=True))"
+            )
         try:
             digest = file_sha256(path)
             model = onnx.load(str(path), load_external_data=False)
@@ -149,6 +176,11 @@ def load_model(
                 external_data_helper.load_external_data_for_model(model, str(path.parent))
             except Exception as e:
                 raise ModelLoadError(f"{path}: cannot read external data ({e})") from e
+    if model.ir_version > onnx.IR_VERSION:
+        raise UnsupportedModelError(
+            f"model has IR version {model.ir_version}, newer than this onnx {onnx.__version__} knows "
+            f"(max {onnx.IR_VERSION}); upgrade onnx or re-export the model"
+        )
     _check_structure(model)
     opset = onnx_opset(model)
     original = opset
@@ -176,15 +208,19 @@ def load_model(
             del model.graph.value_info[:]
             model = run_shape_inference(model)
             warnings.append(f"folded {n} shape computations over static dims into constants")
-    return LoadedModel(model=model, path=path, sha256=digest, original_opset=original, warnings=warnings)
+    return LoadedModel(model=model, path=path, sha256=digest, original_opset=original, warnings=warnings,
+                       external_files=ext_files)
 
 
 def _check_structure(model: onnx.ModelProto) -> None:
     """Cheap structural checks the ONNX checker does not phrase helpfully."""
     g = model.graph
-    seen: set[str] = set()
-    for t in g.initializer:
-        seen.add(t.name)
+    _refuse_duplicates("initializer", [t.name for t in g.initializer] + [s.values.name for s in g.sparse_initializer])
+    _refuse_duplicates("graph input", [i.name for i in g.input])
+    _refuse_duplicates("node name", [n.name for n in g.node if n.name],
+                       "ONNX Runtime refuses such models; give every node a unique name")
+    initializers = {t.name for t in g.initializer} | {s.values.name for s in g.sparse_initializer}
+    seen: set[str] = set(initializers)
     for i in g.input:
         seen.add(i.name)
     produced: dict[str, str] = {}
@@ -192,7 +228,7 @@ def _check_structure(model: onnx.ModelProto) -> None:
         for o in n.output:
             if not o:
                 continue
-            if o in produced or o in {t.name for t in g.initializer}:
+            if o in produced or o in initializers:
                 raise ModelLoadError(
                     f"tensor '{o}' is produced twice (node '{n.name or n.op_type}'); the graph is not SSA"
                 )
@@ -221,6 +257,14 @@ def _check_structure(model: onnx.ModelProto) -> None:
     for o in g.output:
         if o.name not in available:
             raise ModelLoadError(f"graph output '{o.name}' is not produced by any node")
+
+
+def _refuse_duplicates(what: str, names: list[str], hint: str = "the graph is ambiguous") -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ModelLoadError(f"{what} '{name}' appears {names.count(name)} times; {hint}")
+        seen.add(name)
 
 
 def _toposort(model: onnx.ModelProto) -> None:
@@ -278,7 +322,10 @@ def run_shape_inference(model: onnx.ModelProto) -> onnx.ModelProto:
         t.data_location = onnx.TensorProto.DEFAULT
         del t.external_data[:]
         t.raw_data = b""
-    inferred = shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
+    try:
+        inferred = shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
+    except Exception as e:
+        raise ModelLoadError(f"ONNX shape inference failed: {e}") from e
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     return model
@@ -332,17 +379,19 @@ def save_model_atomic(
             onnx.save_model(to_save, str(tmp))
             # point the locations at the final data file name, then rename both
             m2 = onnx.load(str(tmp), load_external_data=False)
-            for t in _iter_tensors(m2.graph):
+            for t in _iter_model_tensors(m2):
                 for e in t.external_data:
                     if e.key == "location":
                         e.value = data_name
             onnx.save_model(m2, str(tmp))
+            _default_permissions(tmp_data)
             os.replace(tmp_data, parent / data_name)
         else:
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
                 f.flush()
                 os.fsync(f.fileno())
+        _default_permissions(tmp)
         os.replace(tmp, dest)
         tmp_files = [p for p in tmp_files if p.exists() and p != dest]
     except OSError as e:
@@ -352,3 +401,10 @@ def save_model_atomic(
             with contextlib.suppress(OSError):
                 p.unlink()
     return dest
+
+
+def _default_permissions(path: Path) -> None:
+    """mkstemp creates 0600 files; give outputs the usual 0666 & ~umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -114,6 +114,8 @@ def shrink(
     ignore: tuple[str, ...] = (),
     ratio_for: tuple[tuple[str, float], ...] = (),
     allow_lossy: bool = False,
+    heads: float | None = None,
+    head_dim: float | None = None,
     split: str = "heads",
     verify: bool = True,
     inputs: str | os.PathLike[str] | None = None,
@@ -125,10 +127,19 @@ def shrink(
 ) -> ShrinkResult:
     """Prune ``source`` and (unless ``write=False``) save it; see the CLI's ``shrink --help``."""
     phases: dict[str, float] = {}
+    kind_ratios: list[tuple[str, float]] = []
+    if heads is not None and head_dim is not None:
+        raise UsageError("prune heads and head dims in two runs: --heads first, then --head-dim on its output")
+    if heads is not None:
+        kind_ratios.append(("heads", heads))
+        split = "heads"
+    if head_dim is not None:
+        kind_ratios.append(("head-dim", head_dim))
+        split = "head-dim"
     alloc_opts = AllocationOptions(
         ratio=ratio, global_ranking=global_ranking, max_ratio=max_ratio, target_macs=target_macs,
         target_params=target_params, round_to=round_to, ignore=tuple(ignore), ratio_for=tuple(ratio_for),
-        allow_lossy=allow_lossy,
+        allow_lossy=allow_lossy, kind_ratios=tuple(kind_ratios),
     )
     imp_opts = ImportanceOptions(criterion=criterion, reduction=reduction, normalizer=normalizer, seed=seed)
     src_path = None if isinstance(source, onnx.ModelProto) else Path(source)
@@ -171,6 +182,8 @@ def shrink(
             raise VerificationError(f"pruned model does not match the masked reference: {verify_result.summary()}")
 
     after = count(GraphView(pruned))
+    if any(analysis.groups[gid].kind == "head-dim" for gid in allocation.kept):
+        loaded.warnings.extend(attention_scale_notes(analysis.view))
     result = ShrinkResult(
         model=pruned, plan=plan, analysis=analysis, allocation=allocation, passes=pass_results,
         verify=verify_result, params_before=analysis.cost.params, params_after=after.params,
@@ -179,7 +192,7 @@ def shrink(
     )
     if write and out_path is not None:
         t = time.perf_counter()
-        save_model_atomic(pruned, out_path, source=src_path)
+        save_model_atomic(pruned, out_path, source=src_path, external_data=True if loaded.external_files else None)
         if plan_path is not None:
             plan.save(plan_path, analysis.view.is_constant)
         phases["save"] = time.perf_counter() - t
@@ -213,6 +226,40 @@ def apply_plan_to_model(
     return ctx.model, results
 
 
+def attention_scale_notes(view: GraphView) -> list[str]:
+    """Say which attention scales stay as exported when head dims are pruned (they are constants baked
+    into the graph, e.g. 1/sqrt(d) of the original d; keeping them is what the proof checks)."""
+    notes = []
+    for i, n in enumerate(view.nodes):
+        if n.op_type != "MatMul" or view.is_constant(n.input[0]) or view.is_constant(n.input[1]):
+            continue
+        for ci in view.consumers.get(n.output[0], []):
+            c = view.nodes[ci]
+            if c.op_type in ("Div", "Mul") and len(c.input) == 2:
+                v = view.small_constant(c.input[1])
+                if v is not None and v.size == 1:
+                    s = float(v.ravel()[0])
+                    eff = s if c.op_type == "Mul" else 1.0 / s
+                    d = round(1.0 / eff**2) if eff else 0
+                    notes.append(f"attention scale {eff:.4g} after '{view.node_names[i]}' (1/sqrt({d})) kept as "
+                                 "exported: pruned heads keep the original scaling")
+    return notes
+
+
+def masking_spaces(analysis: Analysis) -> set[Space]:
+    """Weight axes to zero for the masked reference: every consumer ("in") axis; where two activations
+    meet (the q·k contraction of attention head dims) no weight consumes the channels, so there the
+    producers' weights and biases are zeroed too, making the removed channels exactly zero."""
+    out: set[Space] = set()
+    for g in analysis.groups:
+        ins = [p.space for p in g.params if p.role == "in"]
+        producers = [p.space for p in g.params if p.role in ("out", "const")]
+        out.update(ins)
+        if not ins or g.kind == "head-dim":
+            out.update(producers)
+    return out
+
+
 def prove(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
@@ -223,8 +270,7 @@ def prove(
     exact: bool = True,
 ) -> VerifyResult:
     """Compare the pruned model with the masked reference on batch 1 and batch 4 inputs."""
-    consumers = {p.space for g in analysis.groups for p in g.params if p.role == "in"}
-    ref = masked_reference(original, consumer_zeroing(plan.keep, plan.sizes, consumers))
+    ref = masked_reference(original, consumer_zeroing(plan.keep, plan.sizes, masking_spaces(analysis)))
     if inputs is not None:
         feeds = [load_inputs(inputs, analysis.view)]
     else:
@@ -283,5 +329,5 @@ def apply_plan(
         if not verify_result.passed:
             raise VerificationError(f"plan result does not match the masked reference: {verify_result.summary()}")
     if write:
-        save_model_atomic(pruned, out_path, source=src)
+        save_model_atomic(pruned, out_path, source=src, external_data=True if loaded.external_files else None)
     return ApplyResult(pruned, out_path if write else None, verify_result, passes)

@@ -25,6 +25,7 @@ def group_dict(g: Group, total_macs: int, verbose: bool = False) -> dict[str, An
     return {
         "id": g.id,
         "status": g.status,
+        "kind": g.kind,
         "units": g.n_units,
         "nodes": list(g.nodes),
         "members": members,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import onnx
 import onnx_graphsurgeon as gs
-from graphprune.passes.base import PassResult, PruneContext
 
 from graphprune.errors import PassError
 from graphprune.model_io import run_shape_inference
+from graphprune.passes.base import PassResult, PruneContext
 
 
 class Cleanup:

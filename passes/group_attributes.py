@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import onnx
+
 from graphprune.passes.base import PassResult, PruneContext
 
 

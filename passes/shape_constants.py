@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
+
 from graphprune.passes.base import PassResult, PruneContext
 from graphprune.passes.slice_weights import new_constant_name
-from onnx import numpy_helper
 
 
 def _replace_input(ctx: PruneContext, node: onnx.NodeProto, k: int, value: np.ndarray) -> None:
@@ -99,11 +100,21 @@ def _slice(ctx: PruneContext, i: int, node: onnx.NodeProto) -> str | None:
     pruned = ctx.pruned_axes(x)
     if not pruned:
         return None
-    starts = np.array(ctx.view.small_constant(node.input[1]), dtype=np.int64).ravel().copy()
-    ends = np.array(ctx.view.small_constant(node.input[2]), dtype=np.int64).ravel().copy()
     r = ctx.view.rank(x) or 0
-    axes = (np.array(ctx.view.small_constant(node.input[3])).ravel() if len(node.input) > 3 and node.input[3]
-            else np.arange(len(starts)))
+    s_val, e_val = ctx.view.known_value(node.input[1]), ctx.view.known_value(node.input[2])
+    if len(node.input) > 3 and node.input[3]:
+        axes_val = ctx.view.known_value(node.input[3])
+        if axes_val is None:
+            raise ValueError(f"Slice '{ctx.view.node_names[i]}' has computed axes and a pruned input")
+        axes = np.array(axes_val).ravel()
+    else:
+        axes = np.arange(r)[: len(np.ravel(s_val))] if s_val is not None else np.arange(r)
+    if not any((int(a) + r if a < 0 else int(a)) in pruned for a in axes):
+        return None  # the pruned axes are not sliced: bounds stay valid
+    if s_val is None or e_val is None:
+        raise ValueError(f"Slice '{ctx.view.node_names[i]}' has computed bounds on a pruned axis")
+    starts = np.array(s_val, dtype=np.int64).ravel().copy()
+    ends = np.array(e_val, dtype=np.int64).ravel().copy()
     changed = False
     for k, a in enumerate(axes):
         a = int(a) + r if a < 0 else int(a)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from graphprune.passes.base import PassResult, PruneContext
 from onnx import numpy_helper
+
+from graphprune.passes.base import PassResult, PruneContext
 
 
 def _sliced(arr: np.ndarray, axes: dict[int, np.ndarray]) -> np.ndarray:

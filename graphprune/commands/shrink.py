@@ -11,7 +11,7 @@ import click
 from graphprune.errors import UsageError
 from graphprune.fileio import write_text_atomic
 from graphprune.importance import NORMALIZERS, REDUCTIONS, criteria
-from graphprune.pruner import apply_plan, shrink
+from graphprune.pruner import apply_plan, default_output, shrink
 from graphprune.report import console
 
 
@@ -45,8 +45,12 @@ def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
 @click.option("--ignore", multiple=True, help="Node/tensor name pattern (fnmatch) whose groups stay whole; repeatable.")
 @click.option("--ratio-for", "ratio_for", multiple=True, help="PATTERN=R: a different ratio for matching groups.")
 @click.option("--allow-lossy", is_flag=True, help="Also prune groups with lossy couplings (e.g. LayerNorm axes).")
+@click.option("--heads", type=float, default=None, help="Fraction of attention heads to remove (whole heads; "
+              "K/V heads of grouped-query attention go with their query heads).")
+@click.option("--head-dim", "head_dim", type=float, default=None,
+              help="Fraction of every head's dimensions to remove (the same dims in every head).")
 @click.option("--split", type=click.Choice(["heads", "head-dim"]), default="heads", show_default=True,
-              help="Prune attention heads or the head dimension.")
+              help="How reshapes into heads are read when --heads/--head-dim are not given.")
 @click.option("--no-verify", is_flag=True, help="Skip the equivalence proof against the masked reference.")
 @click.option("--inputs", type=str, default=None, help=".npz with model inputs for the proof (default: random).")
 @click.option("--calib", type=str, default=None, help=".npz calibration inputs for --criterion activation.")
@@ -57,11 +61,13 @@ def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
 def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: str, reduction: str,
                normalizer: str, global_ranking: bool, max_ratio: float, target_macs: float | None,
                target_params: float | None, round_to: int, ignore: tuple[str, ...], ratio_for: tuple[str, ...],
-               allow_lossy: bool, split: str, no_verify: bool, inputs: str | None, calib: str | None, seed: int,
+               allow_lossy: bool, heads: float | None, head_dim: float | None, split: str, no_verify: bool, inputs: str | None, calib: str | None, seed: int,
                plan_path: str | None, report_path: str | None, as_json: bool) -> None:
     """Remove channels from MODEL and prove the result equals the masked original."""
-    if ratio is None and target_macs is None and target_params is None:
-        raise UsageError("give --ratio R, --target-macs F or --target-params F")
+    if ratio is None and target_macs is None and target_params is None and heads is None and head_dim is None:
+        raise UsageError("give --ratio R, --heads R, --head-dim R, --target-macs F or --target-params F")
+    _distinct_paths({"MODEL": model, "-o": output if output is not None else str(default_output(Path(model))),
+                     "--plan": plan_path, "--report": report_path})
     if report_path:
         _precheck(report_path)
     if plan_path:
@@ -70,7 +76,7 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
         model, ratio=ratio or 0.0, criterion=criterion, reduction=reduction, normalizer=normalizer,
         global_ranking=global_ranking, max_ratio=max_ratio, target_macs=target_macs,
         target_params=target_params, round_to=round_to, ignore=ignore, ratio_for=_ratio_for(ratio_for),
-        allow_lossy=allow_lossy, split=split, verify=not no_verify, inputs=inputs, calib=calib, seed=seed,
+        allow_lossy=allow_lossy, heads=heads, head_dim=head_dim, split=split, verify=not no_verify, inputs=inputs, calib=calib, seed=seed,
         output=output, plan_path=plan_path,
     )
     report = result.report()
@@ -87,6 +93,19 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
         con.print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
+def _distinct_paths(paths: dict[str, str | None]) -> None:
+    """Refuse one file in two roles (e.g. ``--plan`` over the input model): a later write would clobber it."""
+    seen: dict[Path, str] = {}
+    for role, p in paths.items():
+        if p is None:
+            continue
+        key = Path(p).resolve()
+        if key in seen:
+            other = {"MODEL": "the input file", "PLAN": "the plan file"}.get(seen[key], f"the {seen[key]} path")
+            raise UsageError(f"{role} path {p} is {other}; choose another path")
+        seen[key] = role
+
+
 def _precheck(path: str) -> None:
     from graphprune.fileio import check_output_dir
 
@@ -101,6 +120,8 @@ def _precheck(path: str) -> None:
 @click.option("--force", is_flag=True, help="Apply even if the model's hash differs from the plan's.")
 def apply_plan_cmd(model: str, plan: str, output: str | None, no_verify: bool, force: bool) -> None:
     """Re-apply a pruning PLAN (from ``shrink --plan``) to MODEL exactly."""
+    _distinct_paths({"MODEL": model, "PLAN": plan,
+                     "-o": output if output is not None else str(default_output(Path(model)))})
     result = apply_plan(model, plan, output=output, verify=not no_verify, force=force)
     con = console()
     con.print(f"[bold]{model}[/] -> [bold]{result.output}[/]")

@@ -65,6 +65,8 @@ def slice_(ctx: NodeContext) -> RuleOutput:
     starts, ends = ctx.const(ctx.input(1)), ctx.const(ctx.input(2))
     axes = ctx.const(ctx.input(3)) if ctx.input(3) else np.arange(len(np.atleast_1d(starts if starts is not None else [])))
     steps = ctx.const(ctx.input(4)) if ctx.input(4) else None
+    if r is not None and axes is not None and (starts is None or ends is None or (ctx.input(4) and steps is None)):
+        return _dynamic_slice(ctx, x, y, r, axes)
     if r is None or starts is None or ends is None or axes is None or (ctx.input(4) and steps is None):
         return ctx.freeze_all(f"Slice '{ctx.name}': rank or slice bounds not constant")
     res = RuleOutput()
@@ -97,6 +99,22 @@ def slice_(ctx: NodeContext) -> RuleOutput:
         else:
             reason = f"Slice '{ctx.name}' uses step {sliced[a][2]} on axis {a}"
             res.freezes += [(Space(x, a), reason), (Space(y, a), reason)]
+    return res
+
+
+def _dynamic_slice(ctx: NodeContext, x: str, y: str, r: int, axes: np.ndarray) -> RuleOutput:
+    """Bounds computed at run time: the sliced axes freeze, the others pass through."""
+    res = RuleOutput()
+    for extra in ctx.inputs[1:]:
+        if extra:
+            res.absorbs.extend(ctx.all_spaces(extra))
+    sliced = {int(a) + r if a < 0 else int(a) for a in np.atleast_1d(axes)}
+    for a in range(r):
+        if a in sliced:
+            reason = f"Slice '{ctx.name}': bounds on axis {a} are computed at run time"
+            res.freezes += [(Space(x, a), reason), (Space(y, a), reason)]
+        else:
+            res.couple(Space(x, a), Space(y, a))
     return res
 
 

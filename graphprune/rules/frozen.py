@@ -81,3 +81,22 @@ def _dims_read(ctx: NodeContext, exposed: set[int], start: int) -> set[int]:
 @register("Size")
 def size(ctx: NodeContext) -> RuleOutput:
     return ctx.freeze_all(f"Size '{ctx.name}': total element count feeds arithmetic")
+
+
+@register("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
+          "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention", "SkipLayerNormalization",
+          "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization", "RotaryEmbedding",
+          domain="com.microsoft")
+def fused_ms(ctx: NodeContext) -> RuleOutput:
+    return ctx.freeze_all(
+        f"fused com.microsoft::{ctx.op} ('{ctx.name}'): its num_heads/hidden attributes are not rewritten; "
+        "export without ORT transformer fusions to prune it"
+    )
+
+
+@register("Attention", "RotaryEmbedding", opsets=(23, None))
+def fused_onnx_attention(ctx: NodeContext) -> RuleOutput:
+    return ctx.freeze_all(
+        f"fused ONNX {ctx.op} ('{ctx.name}', opset 23+): head counts are not rewritten; export attention "
+        "as MatMul/Softmax to prune heads"
+    )

@@ -59,6 +59,13 @@ def matmul(ctx: NodeContext) -> RuleOutput:
                 res.absorbs.append(Space(src, i))
             else:
                 res.freezes.append((Space(src, i), f"MatMul '{ctx.name}': batch broadcast of '{src}' unclear"))
+    if not ctx.is_const(a) and not ctx.is_const(b) and ra >= 3 and rb >= 3:
+        # attention (scores = q @ k^T, context = p @ v): batch axes after the first are heads
+        res.tags += [(Space(a, k), "heads") for k in range(1, ra - 2)]
+        res.tags += [(Space(b, k), "heads") for k in range(1, rb - 2)]
+        # the contraction of q @ k^T and the value axis of p @ v (the other cases are token axes,
+        # which never carry weights)
+        res.tags += [(a_k, "head-dim"), (Space(b, rb - 1), "head-dim")]
     if ctx.is_const(b):
         res.params.append(Param(b_k, "in", ctx.index))
         if rb >= 2:

@@ -132,6 +132,9 @@ class RuleOutput:
     absorbs: list[Space] = field(default_factory=list)
     freezes: list[tuple[Space | str, str]] = field(default_factory=list)  # str: whole tensor
     lossy: list[tuple[Space, str]] = field(default_factory=list)
+    # what a space is, where a rule can tell: "heads" (a batch axis of an activation x activation
+    # MatMul: attention heads) or "head-dim" (its contraction axis)
+    tags: list[tuple[Space, str]] = field(default_factory=list)
 
     def couple(self, a: Space, b: Space, m: IndexMap = IDENTITY, exclusive: str | None = None) -> None:
         self.couplings.append(Coupling(a, b, m, exclusive))

@@ -72,9 +72,16 @@ def _fill_one_unknown(ins: list[Dim], outs: list[Dim]) -> list[Dim]:
     syms_out = sorted(d for k, d in enumerate(outs) if isinstance(d, str) and k != odd[0])
     p_in = math.prod(d for d in ins if isinstance(d, int))
     p_out = math.prod(d for k, d in enumerate(outs) if isinstance(d, int))
-    if syms_in == syms_out and p_out and p_in % p_out == 0 and None not in ins:
-        outs = list(outs)
+    if None in ins or not p_out:
+        return outs
+    outs = list(outs)
+    if syms_in == syms_out and p_in % p_out == 0:
         outs[odd[0]] = p_in // p_out
+    else:
+        # one input symbol the output lost (inference named the -1 dim afresh): the same dim
+        extra = [d for d in syms_in if d not in syms_out]
+        if len(extra) == 1 and sorted(syms_out + extra) == syms_in and p_in == p_out:
+            outs[odd[0]] = extra[0]
     return outs
 
 

@@ -1,0 +1,106 @@
+"""Attention heads, head dims (RoPE pairs), GQA, SwiGLU FFN and external data, from the graph alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import graphprune
+from graphprune.analysis import analyze
+from graphprune.rules import AnalysisOptions, Space
+from models.llama import LlamaConfig, build
+from models.zoo import ZOO
+
+CFG = LlamaConfig()  # hidden 64, 4 heads of 16, 2 KV heads, FFN 128, 2 layers
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return build(CFG, tmp_path_factory.mktemp("llama") / "llama.onnx")
+
+
+def test_llama_groups_gqa_heads_swiglu_ffn_and_lossy_hidden(llama):
+    a = analyze(str(llama))
+    heads = [g for g in a.prunable if g.kind == "heads"]
+    ffn = [g for g in a.prunable if g.kind == "channels"]
+    assert sorted(g.n_units for g in heads) == [CFG.kv_heads] * CFG.layers
+    assert sorted(g.n_units for g in ffn) == [CFG.ffn] * CFG.layers
+    n_rep = CFG.heads // CFG.kv_heads
+    for g in heads:
+        q = next(p.space for p in g.params if "q_proj" in p.space.tensor)
+        k = next(p.space for p in g.params if "k_proj" in p.space.tensor)
+        o = next(p.space for p in g.params if "o_proj" in p.space.tensor)
+        assert g.channels_per_unit(q) == n_rep * CFG.head_dim  # a KV head takes its query heads along
+        assert g.channels_per_unit(k) == CFG.head_dim
+        assert g.channels_per_unit(o) == n_rep * CFG.head_dim
+    for g in ffn:  # gate and up are tied through SiLU(gate) * up
+        assert {"gate_proj", "up_proj", "down_proj"} <= {p.space.tensor.split(".")[-2] for p in g.params}
+    hidden = [g for g in a.groups if g.status == "lossy"]
+    assert len(hidden) == 1 and hidden[0].n_units == CFG.hidden
+
+
+def test_llama_head_dim_units_are_rope_pairs(llama):
+    a = analyze(str(llama), AnalysisOptions(split_preference="head-dim"))
+    qk = [g for g in a.prunable if g.kind == "head-dim" and any("q_proj" in p.space.tensor for p in g.params)]
+    assert qk
+    d = CFG.head_dim
+    (g,) = qk  # the shared RoPE tables tie the layers' q/k head dims together
+    assert g.n_units == d // 2
+    k = next(p.space for p in g.params if "k_proj" in p.space.tensor)
+    for unit in g.indices[k]:
+        dims = sorted({int(i) % d for i in unit})
+        assert len(dims) == 2 and dims[1] - dims[0] == d // 2  # rotate-half ties dim j to j + d/2
+        assert len(unit) == 2 * CFG.kv_heads  # the same pair in every KV head
+
+
+@pytest.mark.parametrize("kw", [
+    {"heads": 0.5}, {"ratio": 0.25}, {"ratio": 0.5, "heads": 0.5}, {"head_dim": 0.25}, {"head_dim": 0.5, "ratio": 0.25},
+])
+def test_llama_shrinks_exactly_with_external_data(llama, tmp_path, kw):
+    out = tmp_path / "p.onnx"
+    r = graphprune.shrink(str(llama), output=str(out), **kw)
+    assert r.verify.passed and r.verify.exact
+    assert r.macs_after < r.macs_before
+    assert (tmp_path / "p.onnx.data").exists()  # saved with external data again
+    m = onnx.load(str(out), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    if "head_dim" in kw:
+        assert any("kept as exported" in w for w in r.warnings)
+
+
+def test_heads_and_head_dim_together_is_refused(llama):
+    with pytest.raises(graphprune_usage_error()):
+        graphprune.shrink(str(llama), heads=0.5, head_dim=0.5, write=False)
+
+
+def graphprune_usage_error():
+    from graphprune.errors import UsageError
+
+    return UsageError
+
+
+@pytest.mark.parametrize("name", ["bert", "vit"])
+@pytest.mark.parametrize("kw", [{"heads": 0.25}, {"heads": 0.5, "ratio": 0.5}, {"head_dim": 0.25},
+                                {"head_dim": 0.5, "ratio": 0.25}])
+def test_encoders_shrink_heads_head_dim_and_ffn(name, kw):
+    r = graphprune.shrink(str(ZOO[name].path), write=False, **kw)
+    assert r.verify.passed and r.verify.exact
+    assert r.macs_after < r.macs_before
+
+
+def test_fused_attention_is_frozen_with_reason():
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8])
+    w = onnx.numpy_helper.from_array(np.ones((8, 24), np.float32), "w")
+    b = onnx.numpy_helper.from_array(np.zeros(24, np.float32), "b")
+    w2 = onnx.numpy_helper.from_array(np.ones((8, 8), np.float32), "w2")
+    nodes = [helper.make_node("Attention", ["x", "w", "b"], ["a"], domain="com.microsoft", num_heads=2, name="att"),
+             helper.make_node("MatMul", ["a", "w2"], ["y"], name="proj")]
+    g = helper.make_graph(nodes, "g", [x], [y], [w, b, w2],
+                          value_info=[helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 4, 8])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    a = analyze(m)
+    (grp,) = a.group_of(Space("w2", 0))
+    assert grp.frozen and any("fused com.microsoft::Attention" in r for r in grp.frozen_reasons)
