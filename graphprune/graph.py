@@ -61,6 +61,8 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
+_CACHE_LIMIT = 1 << 20  # elements
+
 _SAME_SHAPE_OPS = frozenset({
     "GroupNormalization", "LayerNormalization", "RMSNormalization", "InstanceNormalization",
     "BatchNormalization", "Gelu", "HardSwish", "Mish", "Swish", "Identity", "Dropout",
@@ -182,12 +184,17 @@ class GraphView:
     def constant_value(self, name: str) -> np.ndarray | None:
         if not name or not self.is_constant(name):
             return None
-        if name not in self._const_cache:
-            if name in self.initializers:
-                self._const_cache[name] = numpy_helper.to_array(self.initializers[name])
-            else:
-                self._const_cache[name] = constant_node_value(self._const_nodes[name])
-        return self._const_cache[name]
+        if name in self._const_cache:
+            return self._const_cache[name]
+        if name in self.initializers:
+            from graphprune.tensors import read
+
+            value: np.ndarray | None = read(self.initializers[name])
+        else:
+            value = constant_node_value(self._const_nodes[name])
+        if value is not None and value.size <= _CACHE_LIMIT:  # big weights are read when needed, not kept
+            self._const_cache[name] = value
+        return value
 
     def small_constant(self, name: str, limit: int = 4096) -> np.ndarray | None:
         """Value of a constant only if it is small (shape vectors, axes, scalars)."""

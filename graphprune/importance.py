@@ -117,13 +117,17 @@ class ScoringContext:
     _activations: dict[Space, np.ndarray] | None = field(default=None, repr=False)
 
     def weight(self, tensor: str) -> np.ndarray | None:
-        """A constant as float64 (cached: one tensor can be a member of two groups)."""
-        if tensor not in self._weights:
-            value = self.view.constant_value(tensor)
-            if value is None:
-                return None
-            self._weights[tensor] = np.asarray(value, dtype=np.float64)
-        return self._weights[tensor]
+        """A constant as float64; small ones are cached (one tensor can be a member of two groups),
+        big ones are read again when needed so memory stays bounded on large models."""
+        if tensor in self._weights:
+            return self._weights[tensor]
+        value = self.view.constant_value(tensor)
+        if value is None:
+            return None
+        out = np.asarray(value, dtype=np.float64)
+        if out.size <= 1 << 20:
+            self._weights[tensor] = out
+        return out
 
     def rng(self, group: Group) -> np.random.Generator:
         """A generator that depends only on the seed and the group id, not on scoring order."""
@@ -302,7 +306,7 @@ def _accumulate(sums: dict[Space, np.ndarray], counts: dict[Space, int], s: Spac
 
 def _session(view: GraphView, fetch: list[str]) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
     """One ONNX Runtime session over a copy of the model with ``fetch`` added as graph outputs."""
-    import onnxruntime as ort  # lazily: scoring by weights needs no runtime
+    from graphprune.verify import session
 
     model = onnx.ModelProto()
     model.CopyFrom(view.model)
@@ -314,8 +318,8 @@ def _session(view: GraphView, fetch: list[str]) -> Callable[[Mapping[str, np.nda
         if elem is None:
             raise GraphpruneError(f"cannot expose '{t}' for activation scoring: its element type is unknown")
         model.graph.output.append(helper.make_tensor_value_info(t, elem, None))
-    try:  # serialising fails above 2 GiB: such models need a path-based session
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        sess = session(model)
     except Exception as e:
         raise GraphpruneError(f"ONNX Runtime cannot load the model for activation scoring: {e}") from e
 

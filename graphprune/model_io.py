@@ -138,8 +138,14 @@ def load_model(
     *,
     infer_shapes: bool = True,
     load_external: bool = True,
+    materialize: bool = False,
 ) -> LoadedModel:
-    """Load, sanity-check, convert old opsets and run shape inference."""
+    """Load, sanity-check, convert old opsets and run shape inference.
+
+    External weights are not read here: their locations are checked and made absolute, and
+    :mod:`graphprune.tensors` reads each tensor when it is needed (``materialize=True`` loads them all
+    into the proto instead; ``load_external=False`` leaves locations untouched).
+    """
     warnings: list[str] = []
     path: Path | None = None
     digest: str | None = None
@@ -171,11 +177,15 @@ def load_model(
         if not model.graph.node and not model.graph.output:
             raise ModelLoadError(f"{path}: not a valid ONNX model (no graph found)")
         ext_files = check_external_data_locations(model, path.parent)
-        if ext_files and load_external:
+        if ext_files and materialize:
             try:
                 external_data_helper.load_external_data_for_model(model, str(path.parent))
             except Exception as e:
                 raise ModelLoadError(f"{path}: cannot read external data ({e})") from e
+        elif ext_files and load_external:
+            from graphprune.tensors import absolutize
+
+            absolutize(_iter_model_tensors(model), path.parent)
     if model.ir_version > onnx.IR_VERSION:
         raise UnsupportedModelError(
             f"model has IR version {model.ir_version}, newer than this onnx {onnx.__version__} knows "
@@ -359,8 +369,10 @@ def save_model_atomic(
         raise UsageError(f"output folder {parent} is not writable")
     if dest.is_dir():
         raise UsageError(f"output path {dest} is a directory")
+    from graphprune.tensors import has_external, save_external
+
     if external_data is None:
-        external_data = model.ByteSize() >= _PROTOBUF_LIMIT - (64 << 20)
+        external_data = has_external(model) or model.ByteSize() >= _PROTOBUF_LIMIT - (64 << 20)
     tmp_files: list[Path] = []
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
@@ -371,19 +383,7 @@ def save_model_atomic(
             data_name = dest.name + ".data"
             tmp_data = parent / f".{data_name}.tmp"
             tmp_files.append(tmp_data)
-            to_save = onnx.ModelProto()
-            to_save.CopyFrom(model)
-            external_data_helper.convert_model_to_external_data(
-                to_save, all_tensors_to_one_file=True, location=tmp_data.name, size_threshold=1024
-            )
-            onnx.save_model(to_save, str(tmp))
-            # point the locations at the final data file name, then rename both
-            m2 = onnx.load(str(tmp), load_external_data=False)
-            for t in _iter_model_tensors(m2):
-                for e in t.external_data:
-                    if e.key == "location":
-                        e.value = data_name
-            onnx.save_model(m2, str(tmp))
+            save_external(model, tmp, tmp_data, data_name)
             _default_permissions(tmp_data)
             os.replace(tmp_data, parent / data_name)
         else:

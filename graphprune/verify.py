@@ -3,7 +3,9 @@ with the removed channels' columns zeroed in every consumer — in ONNX Runtime.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,6 +13,7 @@ from onnx import numpy_helper
 
 from graphprune.errors import TargetUnavailableError
 from graphprune.rules import Space
+from graphprune.tensors import ScratchWriter, has_external, is_external, read, save_external
 
 REL_TOL = 1e-4
 
@@ -31,19 +34,23 @@ class VerifyResult:
                 f"(tolerance {REL_TOL:g}, {kind} reference)")
 
 
-def masked_reference(model: onnx.ModelProto, zero: dict[str, dict[int, np.ndarray]]) -> onnx.ModelProto:
+def masked_reference(model: onnx.ModelProto, zero: dict[str, dict[int, np.ndarray]],
+                     scratch: ScratchWriter | None = None) -> onnx.ModelProto:
     """Copy of ``model`` with ``zero[tensor][axis]`` indices set to 0 in those constants."""
     ref = onnx.ModelProto()
     ref.CopyFrom(model)
     todo = dict(zero)
     for t in ref.graph.initializer:
         if t.name in todo:
-            arr = numpy_helper.to_array(t).copy()
+            arr = read(t).copy()
             for axis, idx in todo.pop(t.name).items():
                 sl = [slice(None)] * arr.ndim
                 sl[axis] = idx  # type: ignore[call-overload]
                 arr[tuple(sl)] = 0
-            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+            if is_external(t) and scratch is not None:
+                t.CopyFrom(scratch.put(t.name, arr))
+            else:
+                t.CopyFrom(numpy_helper.from_array(arr, t.name))
     for node in ref.graph.node:
         if node.op_type == "Constant" and node.output and node.output[0] in todo:
             for attr in node.attribute:
@@ -78,6 +85,11 @@ def session(model: onnx.ModelProto, threads: int = 0):
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if has_external(model):  # ONNX Runtime reads external weights from files beside a model path
+        with tempfile.TemporaryDirectory(prefix="graphprune-ort-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            save_external(model, path, Path(tmp) / "model.onnx.data", "model.onnx.data")
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

@@ -13,6 +13,7 @@ import onnx
 from graphprune.errors import GraphpruneError, PassError
 from graphprune.graph import GraphView
 from graphprune.rules import Space
+from graphprune.tensors import ScratchWriter
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ class PruneContext:
     model: onnx.ModelProto
     view: GraphView
     keep: dict[Space, np.ndarray]
+    # where rewritten external-data weights go (models whose weights live in external files)
+    scratch: ScratchWriter | None = None
 
     def kept(self, tensor: str, axis: int) -> np.ndarray | None:
         return self.keep.get(Space(tensor, axis))

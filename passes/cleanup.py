@@ -9,6 +9,7 @@ import onnx_graphsurgeon as gs
 from graphprune.errors import PassError
 from graphprune.model_io import run_shape_inference
 from graphprune.passes.base import PassResult, PruneContext
+from graphprune.tensors import has_external, strip_for_checker
 
 
 class Cleanup:
@@ -22,14 +23,17 @@ class Cleanup:
         stale = len(model.graph.value_info)
         del model.graph.value_info[:]
         n_nodes, n_init = len(model.graph.node), len(model.graph.initializer)
-        graph = gs.import_onnx(model)
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        cleaned = gs.export_onnx(graph, do_type_check=False)
-        # keep the original model-level metadata and opset imports
-        del model.graph.node[:]
-        model.graph.node.extend(cleaned.graph.node)
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(cleaned.graph.initializer)
+        if has_external(model):
+            _remove_dead(model)  # graphsurgeon would load every external weight
+        else:
+            graph = gs.import_onnx(model)
+            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            cleaned = gs.export_onnx(graph, do_type_check=False)
+            # keep the original model-level metadata and opset imports
+            del model.graph.node[:]
+            model.graph.node.extend(cleaned.graph.node)
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(cleaned.graph.initializer)
         inferred = run_shape_inference(model)
         model.graph.value_info.extend(inferred.graph.value_info)
         details = [
@@ -38,9 +42,39 @@ class Cleanup:
         ]
         if self.check:
             try:
-                if model.ByteSize() < 2**31 - 1:
-                    onnx.checker.check_model(model, full_check=True)
+                checked = strip_for_checker(model) if has_external(model) else model
+                if checked.ByteSize() < 2**31 - 1:
+                    onnx.checker.check_model(checked, full_check=True)
             except onnx.checker.ValidationError as e:
                 raise PassError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0]}") from e
             details.append("onnx.checker (full) passed")
         return PassResult(self.name, True, details)
+
+
+def _remove_dead(model: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nothing reads and initializers no node uses (graph inputs stay)."""
+    g = model.graph
+    needed = {o.name for o in g.output}
+    keep = []
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:
+                if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    needed.update(_outer_reads(attr))
+    keep.reverse()
+    del g.node[:]
+    g.node.extend(keep)
+    used = [t for t in g.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(used)
+
+
+def _outer_reads(attr: onnx.AttributeProto) -> set[str]:
+    graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+    names: set[str] = set()
+    for sub in graphs:
+        for n in sub.node:
+            names.update(i for i in n.input if i)
+    return names

@@ -7,6 +7,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphprune.passes.base import PassResult, PruneContext
+from graphprune.tensors import is_external, read
 
 
 def _sliced(arr: np.ndarray, axes: dict[int, np.ndarray]) -> np.ndarray:
@@ -29,9 +30,12 @@ class SliceWeights:
             axes = by_tensor.pop(t.name, None)
             if axes is None:
                 continue
-            arr = numpy_helper.to_array(t)
-            new = _sliced(arr, axes)
-            t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new), t.name))
+            arr = read(t)
+            new = np.ascontiguousarray(_sliced(arr, axes))
+            if is_external(t) and ctx.scratch is not None:
+                t.CopyFrom(ctx.scratch.put(t.name, new))
+            else:
+                t.CopyFrom(numpy_helper.from_array(new, t.name))
             details.append(f"{t.name}: {list(arr.shape)} -> {list(new.shape)}")
         for node in g.node:
             if node.op_type != "Constant" or not node.output or node.output[0] not in by_tensor:

@@ -127,7 +127,7 @@ class TensorRTTarget(Target):
     def _fp16_copy(self, model: Path, output: Path) -> Path:
         from graphprune.targets.fp16 import convert_float_to_float16
 
-        converted = convert_float_to_float16(load_model(model).model)
+        converted = convert_float_to_float16(load_model(model, materialize=True).model)
         dest = output.with_name(f".{output.stem}.fp16.onnx")
         save_model_atomic(converted.model, dest)
         return dest
