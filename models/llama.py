@@ -60,7 +60,8 @@ PRESETS = {
 class _Writer:
     """Collects nodes; weights go straight to the external data file (or stay inline if small)."""
 
-    def __init__(self, data_path: Path | None, seed: int) -> None:
+    def __init__(self, data_path: Path | None, seed: int, sparse: bool = False) -> None:
+        self.sparse = sparse  # reserve the bytes (a file with holes) instead of writing random values
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.rng = np.random.default_rng(seed)
@@ -73,6 +74,9 @@ class _Writer:
             self.fh.close()
 
     def weight(self, name: str, shape: tuple[int, ...], scale: float | None = None, value: float | None = None) -> str:
+        if self.sparse and self.fh is not None and value is None:
+            self.reserve(name, shape)
+            return name
         if value is not None:
             arr = np.full(shape, value, dtype=np.float32)
         else:
@@ -95,6 +99,22 @@ class _Writer:
         t.dims.extend(arr.shape)
         t.data_location = TensorProto.EXTERNAL
         for k, v in (("location", self.data_path.name), ("offset", str(offset)), ("length", str(arr.nbytes))):  # type: ignore[union-attr]
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        self.inits.append(t)
+
+    def reserve(self, name: str, shape: tuple[int, ...]) -> None:
+        assert self.fh is not None and self.data_path is not None
+        nbytes = int(np.prod(shape)) * 4
+        offset = self.fh.seek(0, os.SEEK_END)
+        offset += (-offset) % 64
+        self.fh.truncate(offset + nbytes)
+        t = onnx.TensorProto()
+        t.name = name
+        t.data_type = TensorProto.FLOAT
+        t.dims.extend(shape)
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", self.data_path.name), ("offset", str(offset)), ("length", str(nbytes))):
             e = t.external_data.add()
             e.key, e.value = k, v
         self.inits.append(t)
@@ -129,11 +149,13 @@ def _rotate(w: _Writer, x: str, cos: str, sin: str, d: int, name: str) -> str:
     return w.op("Add", [a, b], f"{name}/rope")
 
 
-def build(cfg: LlamaConfig, out: Path, *, seed: int = 0, external: bool = True) -> Path:
+def build(cfg: LlamaConfig, out: Path, *, seed: int = 0, external: bool = True, sparse: bool = False) -> Path:
+    """Write the decoder; ``sparse`` leaves the big weights as holes in the data file (all zeros, no disk
+    use): enough for analysis benchmarks that never read weights."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = out.with_name(out.name + ".data") if external else None
-    w = _Writer(data, seed)
+    w = _Writer(data, seed, sparse=sparse)
     d, h, kv, n_rep = cfg.head_dim, cfg.heads, cfg.kv_heads, cfg.heads // cfg.kv_heads
     try:
         emb = w.weight("model.embed_tokens.weight", (cfg.vocab, cfg.hidden), scale=1.0)
@@ -221,11 +243,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--inline", action="store_true", help="keep weights inside the .onnx file")
+    ap.add_argument("--sparse", action="store_true", help="reserve weight bytes without writing them (analysis only)")
     args = ap.parse_args()
     cfg = PRESETS[args.preset]
     if args.layers is not None:
         cfg = LlamaConfig(**{**cfg.__dict__, "layers": args.layers})
-    path = build(cfg, args.out, seed=args.seed, external=not args.inline)
+    path = build(cfg, args.out, seed=args.seed, external=not args.inline, sparse=args.sparse)
     print(f"{path}: {cfg.params():,} parameters ({cfg})")
 
 
