@@ -27,7 +27,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/graphprune analyze $(DEMO_MODEL)
 	$(BIN)/graphprune shrink $(DEMO_MODEL) --ratio 0.5 -o /tmp/graphprune-demo.pruned.onnx
-	$(BIN)/graphprune profile $(DEMO_MODEL) --target ort-cpu --compare /tmp/graphprune-demo.pruned.onnx
+	$(BIN)/graphprune profile $(DEMO_MODEL) --target ort-cpu --compare /tmp/graphprune-demo.pruned.onnx --shapes input:8x3x32x32 --threads 1 --duration 2
 
 test: $(VENV)/.installed-extra
 	$(BIN)/python -m pytest -q -n 2 tests

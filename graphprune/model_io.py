@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 MIN_NATIVE_OPSET = 11
 MAX_TESTED_OPSET = 21
 _PROTOBUF_LIMIT = 2**31 - 1
+_T = onnx.TensorProto
+_ITEMSIZE: dict[int, int] = {_T.FLOAT: 4, _T.DOUBLE: 8, _T.FLOAT16: 2, _T.BFLOAT16: 2, _T.INT8: 1, _T.UINT8: 1, _T.INT16: 2,
+             _T.UINT16: 2, _T.INT32: 4, _T.UINT32: 4, _T.INT64: 8, _T.UINT64: 8, _T.BOOL: 1,
+             _T.COMPLEX64: 8, _T.COMPLEX128: 16}
 
 
 @dataclass
@@ -129,8 +133,31 @@ def check_external_data_locations(model: onnx.ModelProto, base_dir: Path) -> lis
             raise ModelLoadError(
                 f"tensor '{tensor.name}': external data file '{loc}' is missing beside the model"
             )
+        _check_external_bounds(tensor, info, resolved, loc)
         files.append(loc)
     return sorted(set(files))
+
+
+def _check_external_bounds(tensor: onnx.TensorProto, info: dict[str, str], path: Path, loc: str) -> None:
+    """The bytes a tensor names must lie inside its data file (a stat, no read): a truncated or short
+    file is refused at load instead of failing later, half-way through a rewrite."""
+    try:
+        offset = int(info.get("offset", "0") or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise ModelLoadError(f"tensor '{tensor.name}': external data offset/length are not integers") from None
+    itemsize = _ITEMSIZE.get(tensor.data_type)  # None for strings and sub-byte types: no size check
+    if length is None and itemsize is not None:
+        n = 1
+        for d in tensor.dims:
+            n *= int(d)
+        length = n * itemsize
+    size = path.stat().st_size
+    if offset < 0 or (length is not None and (length < 0 or offset + length > size)):
+        raise ModelLoadError(
+            f"tensor '{tensor.name}': external data file '{loc}' is truncated or too short "
+            f"({size} bytes; the tensor needs bytes {offset}..{offset + (length or 0)})"
+        )
 
 
 def load_model(
@@ -316,28 +343,23 @@ def _convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
 
 
 def run_shape_inference(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference with symbolic dims and data propagation; falls back for >2 GB models."""
+    """ONNX shape inference with symbolic dims and data propagation, on a weight-less copy.
+
+    Weights only matter for their shapes, so big initializers become graph inputs of the same type and
+    shape; small ones (shape vectors, axes) stay for data propagation.  Serialising weights into the
+    C++ inference would cost seconds on large models and fail above 2 GiB.
+    """
+    from graphprune.tensors import weightless
+
+    light = weightless(model)
     try:
-        if model.ByteSize() < _PROTOBUF_LIMIT:
-            return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except Exception as e:
-        raise ModelLoadError(f"ONNX shape inference failed: {e}") from e
-    # Large model: infer on a weight-less copy (initializer shapes only matter).
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    for t in light.graph.initializer:
-        t.ClearField("raw_data")
-        t.ClearField("float_data")
-        t.ClearField("int64_data")
-        t.data_location = onnx.TensorProto.DEFAULT
-        del t.external_data[:]
-        t.raw_data = b""
-    try:
-        inferred = shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
+        inferred = shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:
         raise ModelLoadError(f"ONNX shape inference failed: {e}") from e
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
+    for out, inf in zip(model.graph.output, inferred.graph.output, strict=True):  # outputs get shapes too
+        out.type.CopyFrom(inf.type)
     return model
 
 

@@ -147,17 +147,26 @@ def _pad(f) -> int:
     return int(f.tell())
 
 
-def strip_for_checker(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose external weights become graph inputs of the same type and shape, so the full
-    checker (with strict shape inference) validates the graph without reading any weight."""
+def weightless(model: onnx.ModelProto, min_elements: int = 4096) -> onnx.ModelProto:
+    """A copy whose weights (external ones, and inline ones of ``min_elements`` or more) become graph
+    inputs of the same type and shape: shape inference and the full checker (strict shape inference)
+    then work without copying or reading any weight.  Small constants stay for data propagation."""
     light = onnx.ModelProto()
-    light.CopyFrom(model)
-    kept = []
-    for t in light.graph.initializer:
-        if is_external(t):
-            light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = model.graph
+    lg = light.graph
+    lg.name = g.name
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    inputs = {i.name for i in g.input}
+    for t in g.initializer:
+        if is_external(t) or int(np.prod(t.dims, dtype=np.int64)) >= min_elements:
+            if t.name not in inputs:
+                lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
-            kept.append(t)
-    del light.graph.initializer[:]
-    light.graph.initializer.extend(kept)
+            lg.initializer.append(t)
     return light

@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 from graphprune.errors import PassError
 from graphprune.model_io import run_shape_inference
 from graphprune.passes.base import PassResult, PruneContext
-from graphprune.tensors import has_external, strip_for_checker
+from graphprune.tensors import has_external, weightless
 
 
 class Cleanup:
@@ -23,8 +23,8 @@ class Cleanup:
         stale = len(model.graph.value_info)
         del model.graph.value_info[:]
         n_nodes, n_init = len(model.graph.node), len(model.graph.initializer)
-        if has_external(model):
-            _remove_dead(model)  # graphsurgeon would load every external weight
+        if has_external(model) or len(model.graph.initializer) > 256 or model.ByteSize() > 64 << 20:
+            _remove_dead(model)  # graphsurgeon would copy every weight in and out (seconds on big models)
         else:
             graph = gs.import_onnx(model)
             graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -34,17 +34,14 @@ class Cleanup:
             model.graph.node.extend(cleaned.graph.node)
             del model.graph.initializer[:]
             model.graph.initializer.extend(cleaned.graph.initializer)
-        inferred = run_shape_inference(model)
-        model.graph.value_info.extend(inferred.graph.value_info)
+        run_shape_inference(model)
         details = [
             f"dropped {stale} value_info entries",
             f"nodes {n_nodes} -> {len(model.graph.node)}, constants {n_init} -> {len(model.graph.initializer)}",
         ]
         if self.check:
             try:
-                checked = strip_for_checker(model) if has_external(model) else model
-                if checked.ByteSize() < 2**31 - 1:
-                    onnx.checker.check_model(checked, full_check=True)
+                onnx.checker.check_model(weightless(model), full_check=True)
             except onnx.checker.ValidationError as e:
                 raise PassError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0]}") from e
             details.append("onnx.checker (full) passed")

@@ -15,6 +15,7 @@ def _identity_except(ctx: NodeContext, res: RuleOutput, x: str, y: str, axis: in
 
 @register("Concat")
 def concat(ctx: NodeContext) -> RuleOutput:
+    """Input i's channels sit at an offset of the output axis; other axes pass through."""
     y = ctx.outputs[0]
     r = ctx.rank(y)
     if r is None:
@@ -38,6 +39,7 @@ def concat(ctx: NodeContext) -> RuleOutput:
 
 @register("Split")
 def split(ctx: NodeContext) -> RuleOutput:
+    """Output j holds an offset block of the input axis (attribute, input and num_outputs forms)."""
     x = ctx.input(0)
     r = ctx.rank(x)
     if r is None:
@@ -60,6 +62,7 @@ def split(ctx: NodeContext) -> RuleOutput:
 
 @register("Slice", opsets=(10, None))
 def slice_(ctx: NodeContext) -> RuleOutput:
+    """Constant bounds with step 1: output channel i is input channel start+i (offset map); other steps freeze."""
     x, y = ctx.input(0), ctx.outputs[0]
     r = ctx.rank(x)
     starts, ends = ctx.const(ctx.input(1)), ctx.const(ctx.input(2))

@@ -31,6 +31,7 @@ def _spatial(ctx: NodeContext, res: RuleOutput, x: str, w: str, y: str) -> None:
 
 @register("Conv")
 def conv(ctx: NodeContext) -> RuleOutput:
+    """Plain: W axis 1 reads input channels, axis 0 writes outputs; depthwise: input c owns outputs [c*m, (c+1)*m); grouped: one local index in every group."""
     x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
     y = ctx.outputs[0]
     group = ctx.int_attr("group", 1)

@@ -21,6 +21,7 @@ VARIADIC = ("Sum", "Mean", "Max", "Min")
 
 @register(*UNARY)
 def unary(ctx: NodeContext) -> RuleOutput:
+    """Element-wise: every axis passes through unchanged."""
     return elementwise(ctx, ctx.inputs[:1], ctx.outputs[:1])
 
 
@@ -32,6 +33,7 @@ def broadcasting(ctx: NodeContext) -> RuleOutput:
 
 @register("Where")
 def where(ctx: NodeContext) -> RuleOutput:
+    """Element-wise over condition and both branches, with broadcasting."""
     return elementwise(ctx, ctx.inputs, ctx.outputs[:1])
 
 
@@ -53,6 +55,7 @@ def clip(ctx: NodeContext) -> RuleOutput:
 
 @register("CastLike")
 def cast_like(ctx: NodeContext) -> RuleOutput:
+    """Like Cast; the type source is absorbed."""
     res = elementwise(ctx, ctx.inputs[:1], ctx.outputs[:1])
     res.absorbs.extend(ctx.all_spaces(ctx.input(1)))
     return res

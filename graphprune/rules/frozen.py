@@ -9,6 +9,7 @@ from graphprune.rules.registry import NodeContext, RuleOutput, Space, register
 
 @register("If", "Loop", "Scan")
 def control_flow(ctx: NodeContext) -> RuleOutput:
+    """Freezes everything it touches, including tensors its subgraphs read implicitly."""
     return ctx.freeze_all(f"control flow '{ctx.op}' ('{ctx.name}'): subgraphs are not analysed")
 
 
@@ -17,16 +18,19 @@ def control_flow(ctx: NodeContext) -> RuleOutput:
     "ConvInteger", "MatMulInteger",
 )
 def quantized(ctx: NodeContext) -> RuleOutput:
+    """Quantized ops freeze: prune the float model, then quantize."""
     return ctx.freeze_all(f"quantized op '{ctx.op}' ('{ctx.name}'): prune the float model, then quantize")
 
 
 @register("LSTM", "GRU", "RNN")
 def recurrent(ctx: NodeContext) -> RuleOutput:
+    """Recurrent ops freeze: gate-packed weights are not pruned."""
     return ctx.freeze_all(f"recurrent op '{ctx.op}' ('{ctx.name}'): gate-packed weights are not pruned")
 
 
 @register("Constant")
 def constant(ctx: NodeContext) -> RuleOutput:
+    """Values are read through the graph view; consumers decide."""
     res = RuleOutput()  # values are read through the graph view; consumers decide
     res.absorbs.extend(ctx.all_spaces(ctx.outputs[0]))
     return res
@@ -80,6 +84,7 @@ def _dims_read(ctx: NodeContext, exposed: set[int], start: int) -> set[int]:
 
 @register("Size")
 def size(ctx: NodeContext) -> RuleOutput:
+    """The element count feeds arithmetic: frozen."""
     return ctx.freeze_all(f"Size '{ctx.name}': total element count feeds arithmetic")
 
 
@@ -88,6 +93,7 @@ def size(ctx: NodeContext) -> RuleOutput:
           "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization", "RotaryEmbedding",
           domain="com.microsoft")
 def fused_ms(ctx: NodeContext) -> RuleOutput:
+    """Fused ORT transformer ops: frozen with the reason (head counts are not rewritten)."""
     return ctx.freeze_all(
         f"fused com.microsoft::{ctx.op} ('{ctx.name}'): its num_heads/hidden attributes are not rewritten; "
         "export without ORT transformer fusions to prune it"
@@ -96,6 +102,7 @@ def fused_ms(ctx: NodeContext) -> RuleOutput:
 
 @register("Attention", "RotaryEmbedding", opsets=(23, None))
 def fused_onnx_attention(ctx: NodeContext) -> RuleOutput:
+    """ONNX opset-23 fused attention: frozen with the reason."""
     return ctx.freeze_all(
         f"fused ONNX {ctx.op} ('{ctx.name}', opset 23+): head counts are not rewritten; export attention "
         "as MatMul/Softmax to prune heads"

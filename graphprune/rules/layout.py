@@ -22,6 +22,7 @@ def axes_of(ctx: NodeContext, attr_name: str = "axes", input_index: int = 1) -> 
 
 @register("Transpose")
 def transpose(ctx: NodeContext) -> RuleOutput:
+    """Output axis i is input axis perm[i]."""
     x, y = ctx.input(0), ctx.outputs[0]
     r = ctx.rank(x)
     if r is None:
@@ -35,6 +36,7 @@ def transpose(ctx: NodeContext) -> RuleOutput:
 
 @register("Squeeze")
 def squeeze(ctx: NodeContext) -> RuleOutput:
+    """Removed size-1 axes are absorbed; the others map in order."""
     x, y = ctx.input(0), ctx.outputs[0]
     r = ctx.rank(x)
     axes = axes_of(ctx)
@@ -57,6 +59,7 @@ def squeeze(ctx: NodeContext) -> RuleOutput:
 
 @register("Unsqueeze")
 def unsqueeze(ctx: NodeContext) -> RuleOutput:
+    """Inserted axes are new; the others map in order."""
     x, y = ctx.input(0), ctx.outputs[0]
     ry = ctx.rank(y)
     axes = axes_of(ctx)
@@ -87,6 +90,7 @@ def expand(ctx: NodeContext) -> RuleOutput:
 
 @register("Tile")
 def tile(ctx: NodeContext) -> RuleOutput:
+    """Axes repeated once pass through; repeated axes freeze."""
     x, y = ctx.input(0), ctx.outputs[0]
     reps = ctx.const(ctx.input(1))
     r = ctx.rank(x)

@@ -9,6 +9,7 @@ from graphprune.rules.registry import NodeContext, Param, RuleOutput, Space, blo
 
 @register("BatchNormalization")
 def batch_norm(ctx: NodeContext) -> RuleOutput:
+    """Per channel and exact: scale, bias, mean and variance are sliced with the channels."""
     if ctx.int_attr("training_mode", 0) or len([o for o in ctx.outputs if o]) > 1:
         return ctx.freeze_all(f"BatchNormalization '{ctx.name}' in training mode (running-stat outputs)")
     return _per_channel(ctx)
@@ -16,6 +17,7 @@ def batch_norm(ctx: NodeContext) -> RuleOutput:
 
 @register("InstanceNormalization")
 def instance_norm(ctx: NodeContext) -> RuleOutput:
+    """Per channel and exact."""
     return _per_channel(ctx)
 
 
@@ -54,11 +56,13 @@ def group_norm(ctx: NodeContext) -> RuleOutput:
 
 @register("LayerNormalization", opsets=(17, None))
 def layer_norm(ctx: NodeContext) -> RuleOutput:
+    """Normalises over trailing axes: a lossy coupling on them."""
     return _norm_over_trailing(ctx, ctx.int_attr("axis", -1), "LayerNormalization")
 
 
 @register("RMSNormalization", opsets=(23, None))
 def rms_norm(ctx: NodeContext) -> RuleOutput:
+    """Normalises over trailing axes: a lossy coupling on them."""
     return _norm_over_trailing(ctx, ctx.int_attr("axis", -1), "RMSNormalization")
 
 

@@ -14,6 +14,7 @@ REDUCE = (
 
 @register(*REDUCE)
 def reduce(ctx: NodeContext) -> RuleOutput:
+    """Reduced axes are absorbed and lossy; the others pass through."""
     x, y = ctx.input(0), ctx.outputs[0]
     r = ctx.rank(x)
     axes = axes_of(ctx)
@@ -41,6 +42,7 @@ def reduce(ctx: NodeContext) -> RuleOutput:
 
 @register("Softmax", "LogSoftmax", "Hardmax")
 def softmax(ctx: NodeContext) -> RuleOutput:
+    """Normalises over its axis: a lossy coupling there."""
     x, y = ctx.input(0), ctx.outputs[0]
     r = ctx.rank(x)
     if r is None:
@@ -59,6 +61,7 @@ def softmax(ctx: NodeContext) -> RuleOutput:
 
 @register("ArgMax", "ArgMin")
 def argmax(ctx: NodeContext) -> RuleOutput:
+    """Returns indices along its axis: that axis freezes."""
     x, y = ctx.input(0), ctx.outputs[0]
     r = ctx.rank(x)
     if r is None:

@@ -179,9 +179,11 @@ def reshape_rule(ctx: NodeContext, x: str, y: str) -> RuleOutput:
 
 @register("Reshape")
 def reshape(ctx: NodeContext) -> RuleOutput:
+    """Merged axes become blocks (or strides) of one axis; a split axis keeps its channels on one factor (whole heads by default)."""
     return reshape_rule(ctx, ctx.input(0), ctx.outputs[0])
 
 
 @register("Flatten")
 def flatten(ctx: NodeContext) -> RuleOutput:
+    """A Reshape to 2-D: channel c becomes a block of H*W features."""
     return reshape_rule(ctx, ctx.input(0), ctx.outputs[0])

@@ -11,6 +11,7 @@ POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool
 
 @register(*POOLS)
 def pool(ctx: NodeContext) -> RuleOutput:
+    """Channels pass through; spatial axes are absorbed; the Indices output freezes."""
     x, y = ctx.input(0), ctx.outputs[0]
     r = ctx.rank(x)
     if r is None:
@@ -53,6 +54,7 @@ def resize(ctx: NodeContext) -> RuleOutput:
 
 @register("Pad", opsets=(11, None))
 def pad(ctx: NodeContext) -> RuleOutput:
+    """Unpadded axes pass through; padding a channel axis freezes it."""
     x, y = ctx.input(0), ctx.outputs[0]
     r = ctx.rank(x)
     pads = ctx.const(ctx.input(1))
