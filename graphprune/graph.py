@@ -149,6 +149,44 @@ class GraphView:
                         self.dtypes[n.output[0]] = self.dtypes[n.input[0]]
             elif n.op_type == "Slice" and len(n.input) >= 4 and n.input[3] and n.output:
                 self._complete_slice(n)
+            elif n.op_type == "Unsqueeze" and n.output:
+                self._complete_unsqueeze(n)
+            elif n.op_type == "Reshape" and len(n.input) > 1 and n.output:
+                self._complete_reshape(n)
+
+    def _merge_shape(self, name: str, new: list[Dim]) -> None:
+        """Keep what inference knew; fill dims it left unknown (None or a fresh 'unk__' symbol)."""
+        old = self.shapes.get(name)
+        if old is None or len(old) != len(new):
+            if old is None:
+                self.shapes[name] = tuple(new)
+            return
+        merged = [o if (isinstance(o, int) or (isinstance(o, str) and not o.startswith("unk__")) or n is None)
+                  else n for o, n in zip(old, new, strict=True)]
+        self.shapes[name] = tuple(merged)
+
+    def _complete_unsqueeze(self, n: onnx.NodeProto) -> None:
+        src = self.shapes.get(n.input[0])
+        axes_attr = next((list(a.ints) for a in n.attribute if a.name == "axes"), None)
+        axes = axes_attr if axes_attr is not None else (
+            self.constant_value(n.input[1]) if len(n.input) > 1 and self.is_constant(n.input[1]) else None)
+        if src is None or axes is None:
+            return
+        r = len(src) + len(np.ravel(axes))
+        ins = {int(a) + r if a < 0 else int(a) for a in np.ravel(axes)}
+        it = iter(src)
+        self._merge_shape(n.output[0], [1 if k in ins else next(it) for k in range(r)])
+
+    def _complete_reshape(self, n: onnx.NodeProto) -> None:
+        """Positive entries of a partly computed target are the output dims."""
+        out = self.shapes.get(n.output[0])
+        if out is None or all(isinstance(d, int) for d in out):
+            return
+        part = self.folder.partial(n.input[1])
+        if part is None or len(np.ravel(part[0])) != len(out):
+            return
+        vals, known = np.ravel(part[0]), np.ravel(part[1])
+        self._merge_shape(n.output[0], [int(v) if k and v > 0 else None for v, k in zip(vals, known, strict=True)])
 
     def _complete_slice(self, n: onnx.NodeProto) -> None:
         """A Slice with dynamic bounds keeps the dims of the axes it does not slice."""

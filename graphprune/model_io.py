@@ -244,7 +244,7 @@ def load_model(
                 break
             del model.graph.value_info[:]
             model = run_shape_inference(model)
-            warnings.append(f"folded {n} shape computations over static dims into constants")
+            warnings.append(f"folded {n} computed shape inputs into constants (static dims, or dims copied from the input)")
     return LoadedModel(model=model, path=path, sha256=digest, original_opset=original, warnings=warnings,
                        external_files=ext_files)
 

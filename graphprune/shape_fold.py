@@ -23,12 +23,30 @@ SHAPE_SLOTS = frozenset({
 })
 
 Partial = tuple[np.ndarray, np.ndarray]  # (int64 values, bool known-mask)
+# Unknown entries that are one dim of a tensor's shape carry that provenance in their value:
+# -(1 + code), code indexing ShapeFolder.origins; anything else unknown holds NO_ORIGIN.
+NO_ORIGIN = -(1 << 60)
 
 
 class ShapeFolder:
     def __init__(self, view: GraphView) -> None:
         self.view = view
         self.cache: dict[str, Partial | None] = {}
+        self.origins: list[tuple[str, int]] = []
+        self._codes: dict[tuple[str, int], int] = {}
+
+    def _code(self, tensor: str, axis: int) -> int:
+        key = (tensor, axis)
+        if key not in self._codes:
+            self._codes[key] = len(self.origins)
+            self.origins.append(key)
+        return -(1 + self._codes[key])
+
+    def origin(self, value: int) -> tuple[str, int] | None:
+        """For an unknown entry: the (tensor, axis) whose run-time size it is, if it is one."""
+        if NO_ORIGIN < value < 0 and -value - 1 < len(self.origins):
+            return self.origins[-value - 1]
+        return None
 
     def known(self, name: str) -> np.ndarray | None:
         """Fully known value of a small integer tensor (constant or folded), else None."""
@@ -68,14 +86,17 @@ class ShapeFolder:
             r = len(shape)
             start = int(self.view.attr(i, "start", 0))  # type: ignore[call-overload]
             end = int(self.view.attr(i, "end", r))  # type: ignore[call-overload]
-            dims = list(shape)[slice(start, end)]
-            vals = np.array([d if isinstance(d, int) else -1 for d in dims], dtype=np.int64)
+            start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
+            axes = list(range(r))[slice(start, end)]
+            dims = [shape[a] for a in axes]
+            vals = np.array([d if isinstance(d, int) else self._code(node.input[0], a) for d, a in zip(dims, axes, strict=True)],
+                            dtype=np.int64)
             return vals, np.array([isinstance(d, int) for d in dims], dtype=bool)
         ins = [self.partial(x) if x else None for x in node.input]
         if op in ("Cast", "Identity", "Floor", "Ceil"):
             return ins[0]
         if op == "Neg":
-            return None if ins[0] is None else (-ins[0][0], ins[0][1])
+            return None if ins[0] is None else (np.where(ins[0][1], -ins[0][0], NO_ORIGIN), ins[0][1])
         if op == "Gather":
             if ins[0] is None or ins[1] is None or not ins[1][1].all() or ins[0][0].ndim != 1:
                 return None
@@ -103,7 +124,8 @@ class ShapeFolder:
         if op == "ReduceProd":
             if ins[0] is None:
                 return None
-            return np.array(np.prod(ins[0][0])), np.array(bool(ins[0][1].all()))
+            known = bool(ins[0][1].all())
+            return np.array(np.prod(ins[0][0]) if known else NO_ORIGIN), np.array(known)
         if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod"):
             if ins[0] is None or ins[1] is None:
                 return None
@@ -115,7 +137,8 @@ class ShapeFolder:
                     "Max": lambda: np.maximum(a, b), "Min": lambda: np.minimum(a, b),
                     "Mod": lambda: np.mod(a, np.where(b == 0, 1, b)),
                 }[op]()
-            return np.asarray(val, dtype=np.int64), np.logical_and(ins[0][1], ins[1][1])
+            known = np.logical_and(ins[0][1], ins[1][1])
+            return np.where(known, np.asarray(val, dtype=np.int64), NO_ORIGIN), known
         return None
 
     def shape_uses_ok(self, name: str, seen: set[str] | None = None) -> bool:
@@ -161,6 +184,8 @@ def fold_static_shape_inputs(model: onnx.ModelProto) -> int:
             if k == 0 and node.op_type != "ConstantOfShape":
                 continue
             val = folder.known(inp)
+            if val is None and node.op_type == "Reshape":
+                val = _copy_dims_target(folder, node, inp)
             if val is None:
                 continue
             new = f"{inp}_folded"
@@ -171,3 +196,25 @@ def fold_static_shape_inputs(model: onnx.ModelProto) -> int:
             node.input[k] = new
             replaced += 1
     return replaced
+
+
+def _copy_dims_target(folder: ShapeFolder, node: onnx.NodeProto, target: str) -> np.ndarray | None:
+    """A Reshape target whose unknown entries are the input's own dims at the same positions
+    (``x.view(x.size(0), x.size(1), h, d)``) is the constant target with 0 ("copy") there.  An entry
+    read from another tensor counts when inference gave both dims the same symbol (equal at run time)."""
+    if any(a.name == "allowzero" and a.i for a in node.attribute):
+        return None
+    part = folder.partial(target)
+    if part is None:
+        return None
+    vals, known = np.ravel(part[0]).copy(), np.ravel(part[1])
+    for k in np.flatnonzero(~known):
+        origin = folder.origin(int(vals[k]))
+        if origin is None:
+            return None
+        here = folder.view.dim(node.input[0], int(k))
+        there = folder.view.dim(*origin)
+        if origin != (node.input[0], int(k)) and not (isinstance(here, str) and here == there):
+            return None
+        vals[k] = 0
+    return vals

@@ -153,7 +153,13 @@ def reshape_rule(ctx: NodeContext, x: str, y: str) -> RuleOutput:
                 res.freezes.append((Space(y, a), f"{ctx.op} '{ctx.name}' regroups axes {si}->{so}"))
             continue
         many, one, many_t, one_t = (si, so[0], x, y) if len(si) > 1 else (so, si[0], y, x)
-        dims = [int(ctx.view.dim(many_t, a)) for a in many]  # type: ignore[arg-type]
+        resolved = list(ins) if many_t == x else outs
+        if not all(isinstance(resolved[a], int) for a in many):
+            for a in many:
+                res.freezes.append((Space(many_t, a), f"{ctx.op} '{ctx.name}': sizes of merged axes unknown"))
+            res.freezes.append((Space(one_t, one), f"{ctx.op} '{ctx.name}': sizes of merged axes unknown"))
+            continue
+        dims = [int(resolved[a]) for a in many]  # type: ignore[arg-type]
         live = [k for k, a in enumerate(many) if ctx.is_live(Space(many_t, a))]
         if len(live) > 1:
             for k in live:
