@@ -382,16 +382,11 @@ def save_model_atomic(
             dest.resolve() == Path(source).resolve()
         ):
             raise UsageError(f"output path {dest} is the input file; choose another path with -o")
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if not parent.exists():
-        raise UsageError(f"output folder {parent} does not exist")
-    if not parent.is_dir():
-        raise UsageError(f"output folder {parent} is not a directory")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"output folder {parent} is not writable")
-    if dest.is_dir():
-        raise UsageError(f"output path {dest} is a directory")
+    from graphprune.fileio import check_output_dir
     from graphprune.tensors import has_external, save_external
+
+    check_output_dir(dest)
+    parent = dest.parent if str(dest.parent) else Path(".")
 
     if external_data is None:
         external_data = has_external(model) or model.ByteSize() >= _PROTOBUF_LIMIT - (64 << 20)

@@ -8,17 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from graphprune import __version__
-from graphprune.errors import UsageError
 from graphprune.targets.base import Engine, ProfileOptions
-from graphprune.targets.executor import file_mode
 from graphprune.targets.stats import LatencyStats, aggregate_per_node, variance_warning
 
 PROFILE_SCHEMA = "graphprune.profile/1"
@@ -145,19 +141,9 @@ class ProfileReport:
 
 def write_text_atomic(dest: Path, text: str) -> None:
     """Write a small text file atomically (reports, JSON, CSV)."""
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"output folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from graphprune.fileio import write_text_atomic as write
+
+    write(dest, text)
 
 
 def write_json(dest: Path, data: dict[str, Any]) -> None:
