@@ -276,6 +276,9 @@ def _split_component(
     reasons = sorted({r for s in spaces for r in frozen.get(s, [])})
     if unknown:  # cannot refine to channels: one frozen group, for reporting
         return [Group.frozen_region(start_id, spaces, reasons, params, view, cost)]
+    if not any(sizes[s] for s in spaces):
+        empty = [f"'{s.tensor}' axis {s.axis} has no channels (size 0)" for s in spaces[:2]]
+        return [Group.frozen_region(start_id, spaces, reasons + empty, params, view, cost)]
     offsets: dict[Space, int] = {}
     n = 0
     for s in spaces:

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from graphprune.errors import UsageError
+from graphprune.errors import GraphpruneError, UsageError
 
 
 def check_output_dir(dest: Path) -> None:
@@ -23,17 +23,23 @@ def check_output_dir(dest: Path) -> None:
 
 
 def write_text_atomic(dest: Path, text: str) -> Path:
+    """Write ``text`` to ``dest`` atomically.  A failed write (disk full, I/O error) leaves nothing behind
+    and is a runtime error (exit 1), not a usage error: the options were fine, the disk was not."""
     check_output_dir(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, dest)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise UsageError(f"cannot write {dest}: {e.strerror or e}") from e
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise GraphpruneError(f"cannot write {dest}: {e.strerror or e}") from e
     return dest

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from graphprune.errors import UsageError
+from graphprune.errors import UnsupportedModelError, UsageError
 from graphprune.graph import GraphView
 
 DEFAULT_DIMS = {"batch": 2, "other": 8}
@@ -24,7 +24,7 @@ def input_specs(view: GraphView) -> dict[str, tuple[tuple[int | str | None, ...]
         try:
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
         except (KeyError, TypeError, ValueError):
-            raise UsageError(f"input '{vi.name}' is not a tensor of a numeric type graphprune can feed "
+            raise UnsupportedModelError(f"input '{vi.name}' is not a tensor of a numeric type graphprune can feed "
                              f"({onnx.helper.printable_type(vi.type) or 'no type'})") from None
         out[vi.name] = (shape, dtype)
     return out
@@ -55,7 +55,7 @@ def random_inputs(
     feeds = {}
     for name, (shape, dtype) in input_specs(view).items():
         if shape is None:
-            raise UsageError(f"input '{name}' has no shape (unknown rank), so random values cannot be made "
+            raise UnsupportedModelError(f"input '{name}' has no shape (unknown rank), so random values cannot be made "
                              "for it; pass --inputs with an .npz holding it")
         concrete = []
         for k, d in enumerate(shape):

@@ -104,10 +104,16 @@ class PruningPlan:
             for tensor, entry in doc["tensors"].items():
                 for axis, ax in entry["axes"].items():
                     s = Space(tensor, int(axis))
-                    keep[s] = np.asarray(ax["keep"], dtype=np.int64)
+                    keep[s] = np.asarray(ax["keep"], dtype=np.int64).reshape(-1)
                     sizes[s] = int(ax["size"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UsageError(f"plan file {p} is malformed ({e})") from e
+        for s, k in keep.items():
+            if len(k) == 0 or np.any(np.diff(k) <= 0) or k[0] < 0 or k[-1] >= sizes[s]:
+                raise UsageError(
+                    f"plan file {p}: kept indices of '{s.tensor}' axis {s.axis} must be strictly increasing, "
+                    f"non-empty and within [0, {sizes[s]})"
+                )
         meta = {k: v for k, v in doc.items() if k not in ("graphprune_plan", "model_sha256", "tensors", "groups")}
         return PruningPlan(keep, sizes, doc.get("model_sha256"), doc.get("groups", []), meta)
 

@@ -137,8 +137,8 @@ class ShapeFolder:
                     "Max": lambda: np.maximum(a, b), "Min": lambda: np.minimum(a, b),
                     "Mod": lambda: np.mod(a, np.where(b == 0, 1, b)),
                 }[op]()
-            known = np.logical_and(ins[0][1], ins[1][1])
-            return np.where(known, np.asarray(val, dtype=np.int64), NO_ORIGIN), known
+            both = np.asarray(np.logical_and(ins[0][1], ins[1][1]))
+            return np.where(both, np.asarray(val, dtype=np.int64), NO_ORIGIN), both
         return None
 
     def shape_uses_ok(self, name: str, seen: set[str] | None = None) -> bool:

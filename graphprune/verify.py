@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphprune.errors import TargetUnavailableError
+from graphprune.errors import GraphpruneError, TargetUnavailableError, VerificationError
 from graphprune.rules import Space
 from graphprune.tensors import ScratchWriter, has_external, is_external, read, save_external
 
@@ -93,10 +93,19 @@ def session(model: onnx.ModelProto, threads: int = 0):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = session(model)
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], what: str = "model") -> dict[str, np.ndarray]:
+    try:
+        sess = session(model)
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(names, feeds), strict=True))
+    except GraphpruneError:
+        raise
+    except Exception as e:  # ONNX Runtime raises its own exception types
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise VerificationError(
+            f"ONNX Runtime cannot run the {what} for the equivalence proof ({msg}); "
+            "pass --no-verify to skip the proof"
+        ) from e
 
 
 def compare(pruned: onnx.ModelProto, reference: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
@@ -105,8 +114,8 @@ def compare(pruned: onnx.ModelProto, reference: onnx.ModelProto, feeds: list[dic
     max_ref = 0.0
     names: list[str] = []
     for f in feeds:
-        a = run(reference, f)
-        b = run(pruned, f)
+        a = run(reference, f, "masked reference (the original model)")
+        b = run(pruned, f, "pruned model")
         names = list(a)
         for k, ref in a.items():
             got = b[k]

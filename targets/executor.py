@@ -158,13 +158,15 @@ def move_into_place(src: Path, dest: Path) -> None:
     parent = dest.parent
     if not parent.is_dir():
         raise UsageError(f"output folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
         shutil.move(str(src), tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, dest)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise TargetError(f"cannot write {dest}: {e.strerror or e}") from e

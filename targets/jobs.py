@@ -35,12 +35,11 @@ def check_model(path: Path, executor: Executor) -> str:
 
 
 def check_output_path(dest: Path, source: Path) -> None:
+    from graphprune.fileio import check_output_dir
+
     if dest.resolve() == source.resolve():
         raise UsageError(f"output path {dest} is the input file; choose another path with -o")
-    if dest.is_dir():
-        raise UsageError(f"output path {dest} is a directory")
-    if not dest.parent.is_dir():
-        raise UsageError(f"output folder {dest.parent} does not exist")
+    check_output_dir(dest)
 
 
 def stage_engines(executor: Executor, engines: Sequence[Engine]) -> list[str]:

@@ -254,7 +254,7 @@ def make_inputs(specs: list[tuple[str, list[Any], str]], prof: dict[str, Any],
             if dt.kind == "f":
                 arr = rng.standard_normal(shape).astype(dt)
             elif dt.kind == "b":
-                arr = rng.random(shape) < 0.5
+                arr = np.asarray(rng.random(shape) < 0.5)  # 0-d too: ORT wants an array, not np.bool_
             elif "mask" in name.lower():
                 arr = np.ones(shape, dtype=dt)
             else:

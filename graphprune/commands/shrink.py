@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -66,23 +68,27 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
     """Remove channels from MODEL and prove the result equals the masked original."""
     if ratio is None and target_macs is None and target_params is None and heads is None and head_dim is None:
         raise UsageError("give --ratio R, --heads R, --head-dim R, --target-macs F or --target-params F")
-    _distinct_paths({"MODEL": model, "-o": output if output is not None else str(default_output(Path(model))),
-                     "--plan": plan_path, "--report": report_path})
+    out = Path(output) if output is not None else default_output(Path(model))
+    _distinct_paths({"MODEL": model, "-o": str(out), "--plan": plan_path, "--report": report_path})
     if report_path:
         _precheck(report_path)
     if plan_path:
         _precheck(plan_path)
-    result = shrink(
-        model, ratio=ratio or 0.0, criterion=criterion, reduction=reduction, normalizer=normalizer,
-        global_ranking=global_ranking, max_ratio=max_ratio, target_macs=target_macs,
-        target_params=target_params, round_to=round_to, ignore=ignore, ratio_for=_ratio_for(ratio_for),
-        allow_lossy=allow_lossy, heads=heads, head_dim=head_dim, split=split, verify=not no_verify, inputs=inputs, calib=calib, seed=seed,
-        output=output, plan_path=plan_path,
-    )
-    report = result.report()
-    report["model"] = model
-    if report_path:
-        write_text_atomic(Path(report_path), json.dumps(report, indent=2))
+    # all or nothing: if the plan or the report cannot be written, the model written before them goes too
+    fresh = [p for p in (out, out.with_name(out.name + ".data"), plan_path and Path(plan_path),
+                         report_path and Path(report_path)) if p and not p.exists()]
+    with _remove_on_error(fresh):
+        result = shrink(
+            model, ratio=ratio or 0.0, criterion=criterion, reduction=reduction, normalizer=normalizer,
+            global_ranking=global_ranking, max_ratio=max_ratio, target_macs=target_macs,
+            target_params=target_params, round_to=round_to, ignore=ignore, ratio_for=_ratio_for(ratio_for),
+            allow_lossy=allow_lossy, heads=heads, head_dim=head_dim, split=split, verify=not no_verify,
+            inputs=inputs, calib=calib, seed=seed, output=output, plan_path=plan_path,
+        )
+        report = result.report()
+        report["model"] = model
+        if report_path:
+            write_text_atomic(Path(report_path), json.dumps(report, indent=2))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -91,6 +97,18 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
     con.print(result.summary(), highlight=False)
     for w in result.warnings:
         con.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+@contextlib.contextmanager
+def _remove_on_error(paths: list[Path]) -> Iterator[None]:
+    """Delete ``paths`` (files this command creates) if the command fails: no partial results."""
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
 
 
 def _distinct_paths(paths: dict[str, str | None]) -> None:

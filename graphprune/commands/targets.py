@@ -173,6 +173,19 @@ def render_report(report: Any, top: int) -> None:
         click.echo(f"Warning: {w}", err=True)
 
 
+def _distinct(paths: dict[str, Path | None]) -> None:
+    """Refuse one file in two roles: a report written over the model would destroy it."""
+    seen: dict[Path, str] = {}
+    for role, p in paths.items():
+        if p is None:
+            continue
+        key = p.resolve()
+        if key in seen and role not in ("--compare",):
+            other = "the input file" if seen[key] in ("MODEL", "--compare") else f"also the {seen[key]} path"
+            raise UsageError(f"{role} path {p} is {other}; choose another path")
+        seen.setdefault(key, role)
+
+
 def register(cli: click.Group) -> None:
     @cli.command("targets")
     @click.option("--device", default=None, metavar="ssh://user@host[:port]", help="Ask a device instead.")
@@ -250,21 +263,23 @@ def register(cli: click.Group) -> None:
                     inputs: Path | None, seed: int, json_out: Path | None, csv_out: Path | None,
                     per_node: bool, top: int, cv_warn: float, **kw: Any) -> None:
         """Time MODEL (an ONNX model or a built engine) on a target; --compare times two side by side."""
+        from graphprune.fileio import check_output_dir
         from graphprune.targets import ProfileOptions
         from graphprune.targets.report import write_csv, write_json
 
+        _distinct({"MODEL": model, "--compare": compare, "--json": json_out, "--csv": csv_out})
         for out in (json_out, csv_out):
-            if out is not None and not (out.parent if str(out.parent) else Path(".")).is_dir():
-                raise UsageError(f"output folder {out.parent} does not exist")
+            if out is not None:
+                check_output_dir(out)
         target, options = options_from(kw)
         timing = ProfileOptions(warmup_s=warmup, iterations=iterations, duration_s=duration, inputs_npz=inputs,
                                 seed=seed, per_node=per_node, cv_warn=cv_warn)
         with tempfile.TemporaryDirectory(prefix="graphprune-profile-") as tmp:
             engines = [target.load(p, options, Path(tmp)) for p in ([model, compare] if compare else [model])]
             report = target.profile(engines, options, timing)
-        render_report(report, top)
-        if json_out is not None:
+        if json_out is not None:  # files first: a failed write is then the only thing said
             write_json(json_out, report.to_dict())
         if csv_out is not None:
             write_csv(csv_out, report.csv_rows())
+        render_report(report, top)
         sys.stdout.flush()

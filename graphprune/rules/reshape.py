@@ -172,6 +172,12 @@ def reshape_rule(ctx: NodeContext, x: str, y: str) -> RuleOutput:
             res.absorbs.extend(Space(many_t, a) for a in many)
             res.absorbs.append(Space(one_t, one))
             continue
+        elif len(si) > 1:
+            # a merge of axes none of which carries channels (e.g. H x W of a 1-channel map): the
+            # merged axis cannot lose features without a matching input channel
+            res.absorbs.extend(Space(many_t, a) for a in many)
+            res.freezes.append((Space(one_t, one), f"{ctx.op} '{ctx.name}' merges axes {many} that carry no channels"))
+            continue
         elif ctx.options.split_preference == "heads":
             pick = max(len(many) - 2, 0)  # [..., heads, head_dim]: the factor before the last
         else:
