@@ -10,7 +10,10 @@ The Python API mirrors the CLI::
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,14 @@ from graphprune.analysis import Analysis, analyze
 from graphprune.cost import count
 from graphprune.errors import UsageError, VerificationError
 from graphprune.graph import GraphView
-from graphprune.importance import ImportanceOptions, score_groups
+from graphprune.importance import ImportanceOptions, ImportanceResult, score_groups
 from graphprune.inputs import load_inputs, random_inputs
 from graphprune.model_io import LoadedModel, load_model, save_model_atomic
 from graphprune.passes.base import PassResult, PruneContext, run_pipeline
 from graphprune.passes.pipeline import pruning_pipeline
 from graphprune.plan import PruningPlan
 from graphprune.rules import AnalysisOptions, Space
+from graphprune.tensors import ScratchWriter, has_external
 from graphprune.verify import VerifyResult, compare, consumer_zeroing, masked_reference
 
 
@@ -48,6 +52,9 @@ class ShrinkResult:
     phases: dict[str, float]
     output: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    # keeps the scratch file of rewritten external weights alive while ``model`` refers to it
+    scratch: ScratchWriter | None = field(default=None, repr=False)
+    obspa: Any = None  # graphprune.obspa_rewrite.ObspaReport with method="obspa"
 
     @property
     def groups_pruned(self) -> int:
@@ -80,6 +87,7 @@ class ShrinkResult:
             "passes": [{"name": p.name, "modified": p.modified, "details": p.details[:50]} for p in self.passes],
             "seconds": {k: round(v, 4) for k, v in self.phases.items()},
             "warnings": self.warnings,
+            **({"method": "obspa", "obspa": self.obspa.as_dict()} if self.obspa is not None else {}),
         }
 
     def summary(self) -> str:
@@ -92,6 +100,8 @@ class ShrinkResult:
             "verify " + (self.verify.summary() if self.verify else "skipped (--no-verify)"),
             "time   " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.phases.items()),
         ]
+        if self.obspa is not None:
+            lines.append(self.obspa.summary())
         return "\n".join(lines)
 
 
@@ -124,9 +134,20 @@ def shrink(
     output: str | os.PathLike[str] | None = None,
     write: bool = True,
     plan_path: str | os.PathLike[str] | None = None,
+    method: str = "magnitude",
+    stats: str | None = None,
+    samples: int | None = None,
+    propagate: bool | None = None,
 ) -> ShrinkResult:
-    """Prune ``source`` and (unless ``write=False``) save it; see the CLI's ``shrink --help``."""
+    """Prune ``source`` and (unless ``write=False``) save it; see the CLI's ``shrink --help``.
+
+    ``method="obspa"`` scores groups and rewrites the consumers' weights with OBSPA
+    (:mod:`graphprune.obspa`); ``stats`` picks where its statistics come from (default: the data-free
+    image prior, or ``calib`` when ``calib`` is given), ``samples`` how many inputs it uses,
+    ``propagate`` whether consumers are refitted on the pruned model's inputs (None: when affordable).
+    """
     phases: dict[str, float] = {}
+    obspa_opts = _obspa_options(method, stats, calib, samples, seed, inputs, propagate)
     kind_ratios: list[tuple[str, float]] = []
     if heads is not None and head_dim is not None:
         raise UsageError("prune heads and head dims in two runs: --heads first, then --head-dim on its output")
@@ -159,8 +180,16 @@ def shrink(
     phases["analyze"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    feeds = _calibration(analysis.view, criterion, calib, seed)
-    scores = score_groups(analysis, imp_opts, feeds=feeds)
+    scoring = None
+    if obspa_opts is not None:
+        from graphprune.obspa import obspa_scores
+
+        scoring = obspa_scores(analysis, alloc_opts, obspa_opts)
+        scores = ImportanceResult(scores=scoring.scores, raw=scoring.scores,
+                                  criterion=dict.fromkeys(scoring.scores, "obspa"), warnings=list(scoring.warnings))
+    else:
+        feeds = _calibration(analysis.view, criterion, calib, seed)
+        scores = score_groups(analysis, imp_opts, feeds=feeds)
     phases["score"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -169,13 +198,24 @@ def shrink(
     plan.model_sha256 = loaded.sha256
     plan.meta = {"criterion": criterion, "ratio": allocation.ratio, "global": global_ranking,
                  "round_to": round_to, "split": split}
-    pruned, pass_results = apply_plan_to_model(loaded, analysis.view, plan.keep)
+    work, work_view, obspa_report = loaded, analysis.view, None
+    if scoring is not None:  # OBSPA: refit the consumers, then slice and prove against the updated model
+        from graphprune.obspa_rewrite import rewrite
+
+        plan.meta.update(criterion="obspa", method="obspa", stats=scoring.options.stats)
+        updated, obspa_report = rewrite(loaded.model, analysis.view, scoring, plan, analysis.cost.macs)
+        work = LoadedModel(model=updated, path=loaded.path, sha256=loaded.sha256,
+                           original_opset=loaded.original_opset, warnings=list(loaded.warnings),
+                           external_files=list(loaded.external_files))
+        work_view = GraphView(updated)
+    scratch = new_scratch(work)
+    pruned, pass_results = apply_plan_to_model(work, work_view, plan.keep, scratch)
     phases["rewrite"] = time.perf_counter() - t
 
     verify_result = None
     if verify:
         t = time.perf_counter()
-        verify_result = prove(loaded.model, pruned, analysis, plan, inputs, seed,
+        verify_result = prove(work.model, pruned, analysis, plan, inputs, seed, scratch=scratch,
                               exact=not any(analysis.groups[gid].lossy for gid in allocation.kept))
         phases["verify"] = time.perf_counter() - t
         if not verify_result.passed:
@@ -189,6 +229,7 @@ def shrink(
         verify=verify_result, params_before=analysis.cost.params, params_after=after.params,
         macs_before=analysis.cost.macs, macs_after=after.macs, phases=phases,
         warnings=list(loaded.warnings) + scores.warnings + allocation.warnings,
+        scratch=scratch, obspa=obspa_report,
     )
     if write and out_path is not None:
         t = time.perf_counter()
@@ -198,6 +239,21 @@ def shrink(
         phases["save"] = time.perf_counter() - t
         result.output = out_path
     return result
+
+
+def _obspa_options(method: str, stats: str | None, calib: Any, samples: int | None, seed: int,
+                   inputs: Any, propagate: bool | None = None) -> Any:
+    if method not in ("magnitude", "obspa"):
+        raise UsageError(f"unknown method '{method}'; choose magnitude or obspa")
+    if method == "magnitude":
+        if stats is not None or samples is not None or propagate is not None:
+            raise UsageError("--stats, --samples and --propagate apply to --method obspa only")
+        return None
+    from graphprune.obspa import DEFAULT_STATS, ObspaOptions
+
+    return ObspaOptions(stats=stats or ("calib" if calib is not None else DEFAULT_STATS),
+                        calib=None if calib is None else str(calib), samples=samples, seed=seed,
+                        inputs=None if inputs is None else str(inputs), propagate=propagate)
 
 
 def _check_output(out: Path, src: Path | None) -> None:
@@ -216,12 +272,22 @@ def _calibration(view: GraphView, criterion: str, calib: Any, seed: int) -> list
     return [random_inputs(view, batch=4, seed=seed + k) for k in range(4)]
 
 
+def new_scratch(loaded: LoadedModel) -> ScratchWriter | None:
+    """A scratch file for rewritten external weights (removed when the process no longer needs it)."""
+    if not has_external(loaded.model):
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="graphprune-"))
+    scratch = ScratchWriter(directory)
+    weakref.finalize(scratch, shutil.rmtree, directory, True)
+    return scratch
+
+
 def apply_plan_to_model(
-    loaded: LoadedModel, view: GraphView, keep: dict[Space, np.ndarray]
+    loaded: LoadedModel, view: GraphView, keep: dict[Space, np.ndarray], scratch: ScratchWriter | None = None
 ) -> tuple[onnx.ModelProto, list[PassResult]]:
     model = onnx.ModelProto()
     model.CopyFrom(loaded.model)
-    ctx = PruneContext(model, view, keep)
+    ctx = PruneContext(model, view, keep, scratch)
     results = run_pipeline(pruning_pipeline(), ctx)
     return ctx.model, results
 
@@ -268,9 +334,10 @@ def prove(
     inputs: str | os.PathLike[str] | None,
     seed: int,
     exact: bool = True,
+    scratch: ScratchWriter | None = None,
 ) -> VerifyResult:
     """Compare the pruned model with the masked reference on batch 1 and batch 4 inputs."""
-    ref = masked_reference(original, consumer_zeroing(plan.keep, plan.sizes, masking_spaces(analysis)))
+    ref = masked_reference(original, consumer_zeroing(plan.keep, plan.sizes, masking_spaces(analysis)), scratch)
     if inputs is not None:
         feeds = [load_inputs(inputs, analysis.view)]
     else:
@@ -306,6 +373,9 @@ def apply_plan(
     out_path = Path(output) if output is not None else default_output(src)
     if write:
         _check_output(out_path, src)
+    if plan_obj.meta.get("method") == "obspa":
+        raise UsageError("this plan was made with --method obspa, which also rewrites weights; apply-plan only "
+                         "slices and cannot reproduce that model: run shrink --method obspa again")
     loaded = load_model(src)
     if plan_obj.model_sha256 and loaded.sha256 != plan_obj.model_sha256 and not force:
         raise UsageError(
@@ -322,10 +392,11 @@ def apply_plan(
             raise UsageError(
                 f"plan does not fit {src}: tensor '{s.tensor}' axis {s.axis} has size {actual}, plan expects {size}"
             )
-    pruned, passes = apply_plan_to_model(loaded, view, plan_obj.keep)
+    scratch = new_scratch(loaded)
+    pruned, passes = apply_plan_to_model(loaded, view, plan_obj.keep, scratch)
     verify_result = None
     if verify:
-        verify_result = prove(loaded.model, pruned, analysis, plan_obj, None, 0)
+        verify_result = prove(loaded.model, pruned, analysis, plan_obj, None, 0, scratch=scratch)
         if not verify_result.passed:
             raise VerificationError(f"plan result does not match the masked reference: {verify_result.summary()}")
     if write:

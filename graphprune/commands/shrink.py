@@ -13,6 +13,7 @@ import click
 from graphprune.errors import UsageError
 from graphprune.fileio import write_text_atomic
 from graphprune.importance import NORMALIZERS, REDUCTIONS, criteria
+from graphprune.obspa import DEFAULT_STATS, STATS_MODES
 from graphprune.pruner import apply_plan, default_output, shrink
 from graphprune.report import console
 
@@ -55,7 +56,16 @@ def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
               help="How reshapes into heads are read when --heads/--head-dim are not given.")
 @click.option("--no-verify", is_flag=True, help="Skip the equivalence proof against the masked reference.")
 @click.option("--inputs", type=str, default=None, help=".npz with model inputs for the proof (default: random).")
-@click.option("--calib", type=str, default=None, help=".npz calibration inputs for --criterion activation.")
+@click.option("--calib", type=str, default=None,
+              help=".npz calibration inputs for --criterion activation or --method obspa (--stats calib).")
+@click.option("--method", type=click.Choice(["magnitude", "obspa"]), default="magnitude", show_default=True,
+              help="magnitude: score with --criterion and slice; obspa: OBS saliency and consumer weight "
+                   "update, no fine-tuning, no data needed.")
+@click.option("--stats", type=click.Choice(list(STATS_MODES)), default=None,
+              help=f"Where OBSPA's statistics come from [default: {DEFAULT_STATS}, or calib with --calib].")
+@click.option("--samples", type=int, default=None, help="Inputs OBSPA draws for its statistics (default: by model size).")
+@click.option("--propagate/--no-propagate", default=None,
+              help="OBSPA: refit consumers in graph order on the pruned model's inputs [default: when affordable].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plan", "plan_path", type=str, default=None, help="Write the pruning plan (JSON) here.")
 @click.option("--report", "report_path", type=str, default=None, help="Write the report (JSON) here.")
@@ -64,7 +74,8 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
                normalizer: str, global_ranking: bool, max_ratio: float, target_macs: float | None,
                target_params: float | None, round_to: int, ignore: tuple[str, ...], ratio_for: tuple[str, ...],
                allow_lossy: bool, heads: float | None, head_dim: float | None, split: str, no_verify: bool, inputs: str | None, calib: str | None, seed: int,
-               plan_path: str | None, report_path: str | None, as_json: bool) -> None:
+               plan_path: str | None, report_path: str | None, as_json: bool, method: str = "magnitude",
+               stats: str | None = None, samples: int | None = None, propagate: bool | None = None) -> None:
     """Remove channels from MODEL and prove the result equals the masked original."""
     if ratio is None and target_macs is None and target_params is None and heads is None and head_dim is None:
         raise UsageError("give --ratio R, --heads R, --head-dim R, --target-macs F or --target-params F")
@@ -84,6 +95,7 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
             target_params=target_params, round_to=round_to, ignore=ignore, ratio_for=_ratio_for(ratio_for),
             allow_lossy=allow_lossy, heads=heads, head_dim=head_dim, split=split, verify=not no_verify,
             inputs=inputs, calib=calib, seed=seed, output=output, plan_path=plan_path,
+            method=method, stats=stats, samples=samples, propagate=propagate,
         )
         report = result.report()
         report["model"] = model
