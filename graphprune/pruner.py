@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,11 @@ class ShrinkResult:
         return "\n".join(lines)
 
 
+def _report_phase(progress: Callable[[str], None] | None, phase: str) -> None:
+    if progress is not None:
+        progress(phase)
+
+
 def default_output(path: Path) -> Path:
     return path.with_name(path.stem + ".pruned.onnx")
 
@@ -138,6 +144,7 @@ def shrink(
     stats: str | None = None,
     samples: int | None = None,
     propagate: bool | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ShrinkResult:
     """Prune ``source`` and (unless ``write=False``) save it; see the CLI's ``shrink --help``.
 
@@ -172,14 +179,17 @@ def shrink(
         _check_output(out_path, src_path)
 
     t = time.perf_counter()
+    _report_phase(progress, "load")
     loaded = load_model(source)
     phases["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    _report_phase(progress, "analyze")
     analysis = analyze(loaded, AnalysisOptions(split_preference=split))  # type: ignore[arg-type]
     phases["analyze"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    _report_phase(progress, "score")
     scoring = None
     if obspa_opts is not None:
         from graphprune.obspa import obspa_scores
@@ -193,6 +203,7 @@ def shrink(
     phases["score"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    _report_phase(progress, "rewrite")
     allocation = allocate(analysis, scores.scores, alloc_opts)
     plan = PruningPlan.from_units(analysis, allocation.kept)
     plan.model_sha256 = loaded.sha256
@@ -215,6 +226,7 @@ def shrink(
     verify_result = None
     if verify:
         t = time.perf_counter()
+        _report_phase(progress, "verify")
         verify_result = prove(work.model, pruned, analysis, plan, inputs, seed, scratch=scratch,
                               exact=not any(analysis.groups[gid].lossy for gid in allocation.kept))
         phases["verify"] = time.perf_counter() - t
@@ -233,6 +245,7 @@ def shrink(
     )
     if write and out_path is not None:
         t = time.perf_counter()
+        _report_phase(progress, "save")
         save_model_atomic(pruned, out_path, source=src_path, external_data=True if loaded.external_files else None)
         if plan_path is not None:
             plan.save(plan_path, analysis.view.is_constant)

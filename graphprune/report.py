@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -63,3 +65,14 @@ def console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else max(shutil.get_terminal_size((160, 40)).columns, 160)
     return Console(file=stream, width=width)
+
+
+@contextlib.contextmanager
+def phase_status(what: str) -> Iterator[Callable[[str], None] | None]:
+    """A live "shrink: analyze..." line on a terminal; nothing when stderr is piped (logs, tests)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    con = console(stderr=True)
+    with con.status(f"{what}: starting") as status:
+        yield lambda phase: status.update(f"{what}: {phase}...")

@@ -15,7 +15,7 @@ from graphprune.fileio import write_text_atomic
 from graphprune.importance import NORMALIZERS, REDUCTIONS, criteria
 from graphprune.obspa import DEFAULT_STATS, STATS_MODES
 from graphprune.pruner import apply_plan, default_output, shrink
-from graphprune.report import console
+from graphprune.report import console, phase_status
 
 
 def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
@@ -88,14 +88,14 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
     # all or nothing: if the plan or the report cannot be written, the model written before them goes too
     fresh = [p for p in (out, out.with_name(out.name + ".data"), plan_path and Path(plan_path),
                          report_path and Path(report_path)) if p and not p.exists()]
-    with _remove_on_error(fresh):
+    with _remove_on_error(fresh), phase_status("shrink") as progress:
         result = shrink(
             model, ratio=ratio or 0.0, criterion=criterion, reduction=reduction, normalizer=normalizer,
             global_ranking=global_ranking, max_ratio=max_ratio, target_macs=target_macs,
             target_params=target_params, round_to=round_to, ignore=ignore, ratio_for=_ratio_for(ratio_for),
             allow_lossy=allow_lossy, heads=heads, head_dim=head_dim, split=split, verify=not no_verify,
             inputs=inputs, calib=calib, seed=seed, output=output, plan_path=plan_path,
-            method=method, stats=stats, samples=samples, propagate=propagate,
+            method=method, stats=stats, samples=samples, propagate=propagate, progress=progress,
         )
         report = result.report()
         report["model"] = model
