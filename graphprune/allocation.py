@@ -6,12 +6,15 @@
   and the lowest units go until their cost weight (the parameters they remove; channels for groups
   without weights) reaches R of the total.
 * **targets**: the ratio of either mode is searched (bisection) until the estimated MACs or
-  parameters reach a fraction F of the dense model.
+  parameters reach a fraction F of the dense model, or until a latency model (a measured per-layer
+  table, :mod:`graphprune.latency_table`) predicts ``target_latency_ms`` or less.
 
 Every group keeps at least one unit and loses at most ``floor(max_ratio * n_units)``.  With
 ``round_to`` N, the kept count is rounded *up* to a multiple of N (never more removed than asked,
 never fewer than N kept); a group where no such multiple lies below ``n_units`` keeps all units, and
 groups smaller than N are left alone unless ``round_small`` (then they are pruned without rounding).
+``round_to="auto"`` lets the latency model round each group's kept count up to the step edge its
+measured table shows (it never removes more than asked either).
 Ties are broken by unit index (lower index goes first), so the same inputs give the same result.
 """
 
@@ -20,9 +23,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -37,13 +41,27 @@ log = logging.getLogger(__name__)
 
 _EPS = 1e-9
 _SEARCH_STEPS = 60
+_LATENCY_SEARCH_STEPS = 30  # 1e-9 of the ratio: far below one channel, and each step runs the table
 _FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 )  # what graphprune.cost counts as parameters
 
 
 class TargetUnreachableError(UsageError):
-    """A MACs/params target cannot be met under the given limits."""
+    """A MACs/params/latency target cannot be met under the given limits."""
+
+
+class LatencyCost(Protocol):
+    """Predicted latency of the model after removing channels (see :mod:`graphprune.latency_table`)."""
+
+    def predict(self, removed: Mapping[Space, int]) -> float:
+        """Milliseconds with ``removed[space]`` channels gone from each space."""
+        ...
+
+    def round_counts(self, counts: Mapping[int, int], cost: CostModel) -> dict[int, int]:
+        """``round_to="auto"``: units each group loses after moving its kept count up to a step edge
+        (never more than ``counts[gid]``)."""
+        ...
 
 
 # options ----------------------------------------------------------------------------------------
@@ -56,12 +74,14 @@ class AllocationOptions:
     max_ratio: float = 0.9
     target_macs: float | None = None
     target_params: float | None = None
-    round_to: int = 1
+    round_to: int | str = 1  # or "auto" (needs ``latency``)
     round_small: bool = False
     ignore: tuple[str, ...] = ()
     ratio_for: tuple[tuple[str, float], ...] = ()
     kind_ratios: tuple[tuple[str, float], ...] = ()  # e.g. (("heads", 0.25),): ratio per group kind
     allow_lossy: bool = False
+    target_latency_ms: float | None = None
+    latency: LatencyCost | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignore", tuple(self.ignore))
@@ -78,21 +98,35 @@ class AllocationOptions:
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not 0.0 < value <= 1.0):
                 raise UsageError(f"{name} must be a fraction of the dense model in (0, 1], got {value!r}")
-        if self.target_macs is not None and self.target_params is not None:
-            raise UsageError("give target_macs or target_params, not both")
+        if sum(x is not None for x in (self.target_macs, self.target_params, self.target_latency_ms)) > 1:
+            raise UsageError("give one of target_macs, target_params and target_latency_ms")
+        if self.target_latency_ms is not None and (not _is_number(self.target_latency_ms)
+                                                   or self.target_latency_ms <= 0):
+            raise UsageError(f"target_latency_ms must be a positive number, got {self.target_latency_ms!r}")
+        if (self.target_latency_ms is not None or self.round_to == "auto") and self.latency is None:
+            raise UsageError("a latency target and round_to='auto' need a latency model (a measured table: "
+                             "graphprune calibrate-latency)")
         if self.target is not None and self.ratio != 0.0:
             raise UsageError("give a ratio or a target (the target search chooses the ratio), not both")
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise UsageError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        if self.round_to != "auto" and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+                                        or self.round_to < 1):
+            raise UsageError(f"round_to must be an integer >= 1 or 'auto', got {self.round_to!r}")
 
     @property
     def target(self) -> tuple[str, float] | None:
-        """("macs" | "params", fraction) when a target is set."""
+        """("macs" | "params", fraction) or ("latency", milliseconds) when a target is set."""
         if self.target_macs is not None:
             return "macs", float(self.target_macs)
         if self.target_params is not None:
             return "params", float(self.target_params)
+        if self.target_latency_ms is not None:
+            return "latency", float(self.target_latency_ms)
         return None
+
+    @property
+    def fixed_round_to(self) -> int:
+        """The integer multiple (1 under ``round_to="auto"``, whose rounding the latency model does)."""
+        return self.round_to if isinstance(self.round_to, int) else 1
 
 
 def _is_number(x: object) -> bool:
@@ -136,6 +170,7 @@ class Allocation:
     macs: int
     params: int
     warnings: list[str] = field(default_factory=list)
+    latency_ms: float | None = None  # predicted by ``AllocationOptions.latency`` when one is given
 
     def kept_units(self, group_id: int) -> np.ndarray:
         if group_id in self.kept:
@@ -196,11 +231,16 @@ class CostModel:
                 terms.append((int(value), hit))
         return terms
 
-    def evaluate(self, removed_units: Mapping[int, int]) -> tuple[int, int]:
+    def removed_channels(self, removed_units: Mapping[int, int]) -> dict[Space, int]:
+        """Channels gone from each space when each group loses ``removed_units[gid]`` units."""
         removed: dict[Space, int] = defaultdict(int)
         for gid, r in removed_units.items():
             for s, per_unit in self.members.get(gid, []):
                 removed[s] += r * per_unit
+        return removed
+
+    def evaluate(self, removed_units: Mapping[int, int]) -> tuple[int, int]:
+        removed = self.removed_channels(removed_units)
         return (
             self.dense_macs - self._saved(self.mac_terms, removed),
             self.dense_params - self._saved(self.param_terms, removed),
@@ -319,7 +359,7 @@ def _skip_reason(g: Group, opts: AllocationOptions, ignored_by: str | None) -> s
         return f"lossy: {g.lossy_reasons[0]} (allow_lossy to prune it)"
     if ignored_by is not None:
         return f"ignored (pattern '{ignored_by}')"
-    if opts.round_to > 1 and g.n_units < opts.round_to and not opts.round_small:
+    if opts.fixed_round_to > 1 and g.n_units < opts.fixed_round_to and not opts.round_small:
         return f"fewer units ({g.n_units}) than round_to={opts.round_to} (round_small to prune it)"
     return None
 
@@ -396,11 +436,20 @@ class _Planner:
             if g.id not in out:
                 r = self.elig.override.get(g.id, ratio)
                 out[g.id] = _local_count(g.n_units, r, self.opts.max_ratio)
+        if self.opts.round_to == "auto" and self.opts.latency is not None:
+            return self.opts.latency.round_counts(out, self.cost)
         # groups smaller than round_to are only active with round_small; round_removal leaves them be
-        return {gid: round_removal(self.groups[gid].n_units, r, self.opts.round_to) for gid, r in out.items()}
+        return {gid: round_removal(self.groups[gid].n_units, r, self.opts.fixed_round_to) for gid, r in out.items()}
+
+    def predicted_ms(self, counts: Mapping[int, int]) -> float | None:
+        lat = self.opts.latency
+        return None if lat is None else float(lat.predict(self.cost.removed_channels(counts)))
 
     def search(self, which: str, fraction: float) -> float:
-        """Smallest ratio whose estimated cost is within ``fraction`` of dense (bisection)."""
+        """Smallest ratio whose estimated cost is within ``fraction`` of dense (bisection); for
+        ``which="latency"`` the goal is ``fraction`` milliseconds of predicted latency."""
+        if which == "latency":
+            return self._search_latency(fraction)
         k = 0 if which == "macs" else 1
         dense = (self.cost.dense_macs, self.cost.dense_params)[k]
         if dense <= 0:
@@ -420,11 +469,32 @@ class _Planner:
                 f"{len(self.elig.skipped)} groups left alone) leaves {best / dense:.4f} of dense {which} "
                 f"({best} of {dense}); raise max_ratio, ignore fewer groups or allow lossy groups"
             )
-        lo, hi = 0.0, 1.0
-        for _ in range(_SEARCH_STEPS):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-        return hi
+        return _bisect(ok)
+
+    def _search_latency(self, goal_ms: float) -> float:
+        def ms(r: float) -> float:
+            return self.predicted_ms(self.counts(r)) or 0.0
+
+        if ms(0.0) <= goal_ms:
+            return 0.0
+        best = ms(1.0)
+        if best > goal_ms:
+            raise TargetUnreachableError(
+                f"target latency {goal_ms:g} ms is unreachable: removing all that is allowed "
+                f"(max_ratio={self.opts.max_ratio:g}, {len(self.elig.skipped)} groups left alone) leaves a "
+                f"predicted {best:.4g} ms (dense {ms(0.0):.4g} ms); raise max_ratio, ignore fewer groups, "
+                "allow lossy groups or set a slower target"
+            )
+        return _bisect(lambda r: ms(r) <= goal_ms, steps=_LATENCY_SEARCH_STEPS)
+
+
+def _bisect(ok: Callable[[float], bool], steps: int = _SEARCH_STEPS) -> float:
+    """Smallest ratio in (0, 1] that is ``ok``, given ``ok(1.0)`` and not ``ok(0.0)``."""
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
 
 
 # driver -----------------------------------------------------------------------------------------
@@ -455,7 +525,7 @@ def allocate(
     return Allocation(
         kept=kept, decisions=decisions, ratio=ratio,
         dense_macs=planner.cost.dense_macs, dense_params=planner.cost.dense_params,
-        macs=macs, params=params, warnings=list(planner.elig.warnings),
+        macs=macs, params=params, warnings=list(planner.elig.warnings), latency_ms=planner.predicted_ms(counts),
     )
 
 
@@ -473,4 +543,6 @@ def _why_nothing(g: Group, asked: float, opts: AllocationOptions) -> str:
     want = _local_count(g.n_units, asked, opts.max_ratio)
     if want == 0:
         return f"ratio {asked:g} of {g.n_units} units is less than one unit"
+    if opts.round_to == "auto":
+        return "round_to=auto: the latency table puts the next step edge at the full width"
     return f"round_to={opts.round_to}: no multiple of {opts.round_to} kept within the ratio"

@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-_MODULES = ["analyze", "shrink", "targets"]
+_MODULES = ["analyze", "shrink", "targets", "sweep"]
 
 
 def register_all(cli: click.Group) -> None:

@@ -7,9 +7,11 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
+from graphprune.commands.sweep import ROUND_TO, farm_target_options, run_shrink_latency, table_options
 from graphprune.errors import UsageError
 from graphprune.fileio import write_text_atomic
 from graphprune.importance import NORMALIZERS, REDUCTIONS, criteria
@@ -44,7 +46,10 @@ def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
 @click.option("--max-ratio", type=float, default=0.9, show_default=True, help="Cap on the fraction removed from any group.")
 @click.option("--target-macs", type=float, default=None, help="Prune until MACs reach this fraction of dense.")
 @click.option("--target-params", type=float, default=None, help="Prune until params reach this fraction of dense.")
-@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--round-to", type=ROUND_TO, default=1, show_default=True,
+              help="Keep channel counts multiples of N, or 'auto': the step edges of --target's latency table.")
+@click.option("--target-latency", default=None, metavar="TIME",
+              help="Prune (globally) until --target's latency table predicts TIME (5ms, 800us), then measure.")
 @click.option("--ignore", multiple=True, help="Node/tensor name pattern (fnmatch) whose groups stay whole; repeatable.")
 @click.option("--ratio-for", "ratio_for", multiple=True, help="PATTERN=R: a different ratio for matching groups.")
 @click.option("--allow-lossy", is_flag=True, help="Also prune groups with lossy couplings (e.g. LayerNorm axes).")
@@ -70,13 +75,26 @@ def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
 @click.option("--plan", "plan_path", type=str, default=None, help="Write the pruning plan (JSON) here.")
 @click.option("--report", "report_path", type=str, default=None, help="Write the report (JSON) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the summary.")
+@table_options
+@farm_target_options(target_required=False)
 def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: str, reduction: str,
                normalizer: str, global_ranking: bool, max_ratio: float, target_macs: float | None,
-               target_params: float | None, round_to: int, ignore: tuple[str, ...], ratio_for: tuple[str, ...],
+               target_params: float | None, round_to: int | str, ignore: tuple[str, ...], ratio_for: tuple[str, ...],
                allow_lossy: bool, heads: float | None, head_dim: float | None, split: str, no_verify: bool, inputs: str | None, calib: str | None, seed: int,
                plan_path: str | None, report_path: str | None, as_json: bool, method: str = "magnitude",
-               stats: str | None = None, samples: int | None = None, propagate: bool | None = None) -> None:
+               stats: str | None = None, samples: int | None = None, propagate: bool | None = None,
+               target_latency: str | None = None, **target_kw: Any) -> None:
     """Remove channels from MODEL and prove the result equals the masked original."""
+    if target_latency is not None or round_to == "auto":
+        if target_latency is not None and (ratio is not None or target_macs or target_params):
+            raise UsageError("give --target-latency or --ratio/--target-macs/--target-params, not both")
+        if method != "magnitude" or heads is not None or head_dim is not None:
+            raise UsageError("--target-latency and --round-to auto work with --method magnitude on channels")
+        run_shrink_latency(model, target_latency, output, target_kw, ratio=ratio or 0.0, criterion=criterion,
+                           global_ranking=global_ranking or target_latency is not None, round_to=round_to,
+                           max_ratio=max_ratio, ignore=ignore, allow_lossy=allow_lossy, verify=not no_verify,
+                           seed=seed, as_json=as_json, report_path=report_path)
+        return
     if ratio is None and target_macs is None and target_params is None and heads is None and head_dim is None:
         raise UsageError("give --ratio R, --heads R, --head-dim R, --target-macs F or --target-params F")
     out = Path(output) if output is not None else default_output(Path(model))
@@ -92,7 +110,7 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
         result = shrink(
             model, ratio=ratio or 0.0, criterion=criterion, reduction=reduction, normalizer=normalizer,
             global_ranking=global_ranking, max_ratio=max_ratio, target_macs=target_macs,
-            target_params=target_params, round_to=round_to, ignore=ignore, ratio_for=_ratio_for(ratio_for),
+            target_params=target_params, round_to=int(round_to), ignore=ignore, ratio_for=_ratio_for(ratio_for),
             allow_lossy=allow_lossy, heads=heads, head_dim=head_dim, split=split, verify=not no_verify,
             inputs=inputs, calib=calib, seed=seed, output=output, plan_path=plan_path,
             method=method, stats=stats, samples=samples, propagate=propagate, progress=progress,
