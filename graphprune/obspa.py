@@ -15,8 +15,8 @@ scores, so the usual allocation (local or global, targets) removes a prefix of i
 then rewritten once per consumer from the final kept set (:mod:`graphprune.obspa_rewrite`), in graph
 order on the inputs of the already pruned model when that is affordable (errors then do not pile up).
 
-H comes from ``stats``: ``natural`` (default, data-free: image-like inputs chosen by the model,
-:mod:`graphprune.priors`), ``synthetic`` (Gaussian inputs from the input spec), ``bn-prior`` (no inputs:
+H comes from ``stats``: ``natural`` (default, data-free: image-like inputs chosen by the model, or
+synthetic token sequences for token-id models, :mod:`graphprune.priors`), ``synthetic`` (Gaussian inputs from the input spec), ``bn-prior`` (no inputs:
 BatchNorm moments; consumers without BN in front use ``natural`` and say so) or ``calib`` (an .npz of
 real inputs).  Consumers OBSPA cannot model (grouped Conv, ConvTranspose, shared weights) get H = I:
 magnitude saliency and no update, reported as ``identity``.

@@ -16,8 +16,9 @@ family and lets the model choose:
   mixture of all families is used.
 
 Nothing here is tuned to one data set: the same few families are tried on every model, and the model's
-own predictions pick among them.  Inputs that are not float images (token ids, feature vectors) fall
-back to :func:`graphprune.inputs.random_inputs`.
+own predictions pick among them.  Token-id models (an integer input indexing an embedding table) get
+synthetic sentences instead (:func:`token_feeds`); other inputs that are not float images (feature
+vectors) fall back to :func:`graphprune.inputs.random_inputs`.
 
 ``bn-prior`` needs no input at all: a consumer fed by act(BatchNormalization) gets per-channel moments
 from BN's beta and gamma pushed through the activation (numerically, so ReLU, ReLU6/Clip, HardSwish,
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphprune.errors import GraphpruneError
 from graphprune.graph import GraphView
 from graphprune.hessian import Consumer, Stats, empty_stats
 from graphprune.inputs import input_specs, random_inputs
@@ -268,6 +270,8 @@ def natural_feeds(
     ``like`` (an example feed) gives the sizes of dynamic input axes.
     """
     spec = image_input(view, like)
+    if spec is None and token_table(view) is not None:
+        return token_feeds(view, n, seed)
     if spec is None:
         feeds = [random_inputs(view, batch=min(BATCH, n - i), seed=seed + i) for i in range(0, n, BATCH)]
         return feeds, PriorChoice("gaussian", "input spec", note="inputs are not one float image: random inputs")
@@ -297,6 +301,81 @@ def natural_feeds(
     keep = balanced_confident(judge.probs(_batches(x, name, dtype)), n)
     choice.kept, choice.pool = len(keep), pool
     return _batches(x[keep], name, dtype), choice
+
+
+TOKEN_LENGTHS = (8, 32)  # sentence-like lengths of synthetic token sequences, without the two markers
+SMALL_TABLE = 16  # an integer input indexing a table this small is a type/segment id: all zeros
+
+
+def _gather_table(view: GraphView, name: str) -> int | None:
+    """Rows of the constant table an integer input indexes through Gather, if any."""
+    for ci in view.consumers.get(name, []):
+        node = view.nodes[ci]
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
+            axis = view.attr(ci, "axis", 0)
+            d = view.static_dim(node.input[0], int(axis) if isinstance(axis, int | float) else 0)
+            if d:
+                return int(d)
+    return None
+
+
+def token_table(view: GraphView) -> tuple[str, int] | None:
+    """(input, vocabulary size) when an integer input indexes an embedding table larger than
+    ``SMALL_TABLE`` rows: a token-id model."""
+    best: tuple[str, int] | None = None
+    try:
+        specs = input_specs(view)
+    except GraphpruneError:  # an input that is no numeric tensor: not a token model we can feed
+        return None
+    for name, (shape, dtype) in specs.items():
+        if not np.issubdtype(dtype, np.integer) or shape is None or len(shape) != 2:
+            continue
+        v = _gather_table(view, name)
+        if v is not None and v > SMALL_TABLE and (best is None or v > best[1]):
+            best = (name, v)
+    return best
+
+
+def token_feeds(view: GraphView, n: int, seed: int) -> tuple[list[dict[str, np.ndarray]], PriorChoice]:
+    """``n`` synthetic token sequences for a token-id model, in batches of one length each (no padding).
+
+    Ids are log-uniform over the upper 15/16 of the vocabulary (WordPiece/BPE vocabularies put special,
+    unused and single-character entries first and order the rest roughly by frequency, so a log-uniform
+    draw is a Zipf-like word distribution); each sequence is framed by the first two ids of that range's
+    complement that the tokenizer conventionally reserves ([CLS] ... [SEP] = 101 ... 102 for BERT when
+    the table has them).  Lengths are uniform in ``TOKEN_LENGTHS``.  Other integer inputs: masks (not
+    indexing a table) are all ones, type/segment ids (small tables) all zeros; float inputs are Gaussian.
+    """
+    found = token_table(view)
+    assert found is not None
+    ids_name, vocab = found
+    rng = np.random.default_rng([seed, 11])
+    lo = max(vocab // 16, 1)
+    framed = vocab > 1000
+    feeds = []
+    for i in range(0, n, BATCH):
+        b = min(BATCH, n - i)
+        body = rng.integers(TOKEN_LENGTHS[0], TOKEN_LENGTHS[1] + 1, size=b)
+        seq = int(body.max()) + 2 * framed
+        ids = np.zeros((b, seq), np.int64)
+        mask = np.zeros((b, seq), np.int64)
+        for r, length in enumerate(body):
+            t = np.exp(rng.uniform(math.log(lo), math.log(vocab), size=int(length))).astype(np.int64)
+            t = np.clip(t, lo, vocab - 1)
+            if framed:
+                t = np.concatenate([[101], t, [102]])
+            ids[r, :len(t)] = t
+            mask[r, :len(t)] = 1
+        feed = random_inputs(view, batch=b, seq=seq, seed=seed + i)
+        for name, (_, dtype) in input_specs(view).items():
+            if name == ids_name:
+                feed[name] = ids.astype(dtype)
+            elif np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+                table = _gather_table(view, name)
+                feed[name] = (np.zeros_like(ids) if table is not None else mask).astype(dtype)
+        feeds.append(feed)
+    note = f"{n} sequences of {TOKEN_LENGTHS[0]}-{TOKEN_LENGTHS[1]} ids log-uniform in [{lo}, {vocab})"
+    return feeds, PriorChoice("tokens", "log-uniform ids", note=note + (", framed 101 ... 102" if framed else ""))
 
 
 def balanced_confident(probs: np.ndarray, n: int) -> np.ndarray:

@@ -32,7 +32,15 @@ from graphprune.obspa import (
     refit,
     saliency,
 )
-from graphprune.priors import balanced_confident, bn_prior_stats, family_samples, signal, to_range
+from graphprune.priors import (
+    balanced_confident,
+    bn_prior_stats,
+    family_samples,
+    natural_feeds,
+    signal,
+    to_range,
+    token_table,
+)
 from graphprune.verify import consumer_zeroing, masked_reference
 from tests.graphs import G
 
@@ -378,3 +386,42 @@ def test_propagation_switch_and_proof(monkeypatch, budget, tmp_path):
     forced = graphprune.shrink(model, ratio=0.5, method="obspa", calib=str(tmp_path / "c.npz"), write=False,
                                output="x", propagate=budget == 0)
     assert forced.obspa.propagated == (budget == 0) and forced.verify.passed
+
+
+def _token_model() -> onnx.ModelProto:
+    """ids -> Gather(table 3000 x 8) (+ Gather(types 2 x 8)), masked by attention_mask -> MatMul -> Add."""
+    emb = numpy_helper.from_array(RNG.standard_normal((3000, 8)).astype(np.float32), "emb")
+    typ = numpy_helper.from_array(RNG.standard_normal((2, 8)).astype(np.float32), "typ")
+    w = numpy_helper.from_array(RNG.standard_normal((8, 4)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"]),
+        helper.make_node("Gather", ["typ", "types"], ["t"]),
+        helper.make_node("Add", ["e", "t"], ["et"]),
+        helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mf", "ax"], ["mu"]),
+        helper.make_node("Mul", ["et", "mu"], ["x"]),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    ax = numpy_helper.from_array(np.array([-1], np.int64), "ax")
+    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["N", "S"]) for n in ("ids", "mask", "types")]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 4])
+    graph = helper.make_graph(nodes, "tok", ins, [out], [emb, typ, w, ax])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_token_prior_makes_sentence_like_feeds():
+    """Token-id models get framed, log-uniform ids with matching masks and zero type ids."""
+    view = GraphView(_token_model())
+    assert token_table(view) == ("ids", 3000)
+    feeds, prior = natural_feeds(view, 40, 0, None)
+    assert prior.family == "tokens" and sum(len(f["ids"]) for f in feeds) == 40
+    sess = ort.InferenceSession(view.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for f in feeds:
+        ids, mask = f["ids"], f["mask"]
+        assert ids.shape == mask.shape and not f["types"].any()
+        lengths = mask.sum(axis=1)
+        assert np.all(ids[:, 0] == 101) and np.all(ids[np.arange(len(ids)), lengths - 1] == 102)
+        assert np.all((ids == 0) == (mask == 0)) and ids.max() < 3000
+        body = ids[mask.astype(bool) & (ids != 101) & (ids != 102)]
+        assert body.min() >= 3000 // 16
+        assert sess.run(None, f)[0].shape == (*ids.shape, 4)
