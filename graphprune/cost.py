@@ -24,18 +24,13 @@ def _numel(shape: tuple[object, ...] | None) -> int:
 def node_macs(view: GraphView, i: int) -> int:
     n = view.nodes[i]
     op = n.op_type
-    if op == "Conv":
+    if op in ("Conv", "ConvTranspose"):
+        # every output (Conv) / input (ConvTranspose) element meets one weight slice [C/group, k...]
         w = view.shape(n.input[1])
-        y = view.shape(n.output[0])
-        if w is None or y is None:
+        act = view.shape(n.output[0] if op == "Conv" else n.input[0])
+        if w is None or act is None:
             return 0
-        return _numel(y) * _numel(w[1:])
-    if op == "ConvTranspose":
-        w = view.shape(n.input[1])
-        x = view.shape(n.input[0])
-        if w is None or x is None:
-            return 0
-        return _numel(x) * _numel(w[1:])
+        return _numel(act) * _numel(w[1:])
     if op == "Gemm":
         a = view.shape(n.input[0])
         y = view.shape(n.output[0])
