@@ -323,6 +323,7 @@ class _Eligible:
     skipped: dict[int, str]
     override: dict[int, float]
     warnings: list[str]
+    kind_pool: dict[int, str] = field(default_factory=dict)  # groups whose ratio comes from their kind
 
 
 def _eligibility(analysis: Analysis, opts: AllocationOptions) -> _Eligible:
@@ -343,6 +344,7 @@ def _eligibility(analysis: Analysis, opts: AllocationOptions) -> _Eligible:
             out.override[g.id] = float(override_value[hit])
         elif g.kind in kinds:
             out.override[g.id] = float(kinds[g.kind])
+            out.kind_pool[g.id] = g.kind
     for kind, patterns in (("ignore", opts.ignore), ("ratio_for", override_patterns)):
         for p in dict.fromkeys(patterns):
             if p not in used:
@@ -381,6 +383,26 @@ def round_removal(n: int, r: int, round_to: int) -> int:
     return 0 if kept >= n else n - kept
 
 
+@dataclass
+class _Pool:
+    """Groups ranked together under global ranking; ``ratio`` None: the searched/global ratio."""
+
+    groups: list[Group]
+    ratio: float | None
+    order: np.ndarray  # positions into the concatenated units, removal order, caps applied
+    slot: np.ndarray  # group index of every concatenated unit
+    cum: np.ndarray  # cumulative unit weight along ``order``
+    total: float
+
+    def counts(self, ratio: float) -> dict[int, int]:
+        budget = ratio * self.total
+        if budget <= 0 or self.order.size == 0:
+            return {g.id: 0 for g in self.groups}
+        take = min(int(np.searchsorted(self.cum, budget - _EPS * self.total, side="left")) + 1, self.order.size)
+        counts = np.bincount(self.slot[self.order[:take]], minlength=len(self.groups))
+        return {g.id: int(c) for g, c in zip(self.groups, counts.tolist(), strict=True)}
+
+
 class _Planner:
     """Removal counts per group for a given ratio (local or global), then rounding."""
 
@@ -391,9 +413,16 @@ class _Planner:
         self.active = [g for g in analysis.groups if g.id not in self.elig.skipped]
         self.scores = scores
         self.cost = CostModel(analysis)
-        self.pool = [g for g in self.active if g.id not in self.elig.override] if opts.global_ranking else []
-        if self.pool:
-            self._prepare_global(analysis.view)
+        self.pools: list[_Pool] = []
+        if opts.global_ranking:
+            kinds = dict(opts.kind_ratios)
+            rest = [g for g in self.active if g.id not in self.elig.override]
+            if rest:
+                self.pools.append(self._pool(rest, None, analysis.view))
+            for kind, r in kinds.items():  # a kind with its own ratio is ranked within itself
+                members = [g for g in self.active if self.elig.kind_pool.get(g.id) == kind]
+                if members:
+                    self.pools.append(self._pool(members, float(r), analysis.view))
 
     def score(self, g: Group) -> np.ndarray:
         s = self.scores.get(g.id)
@@ -404,34 +433,27 @@ class _Planner:
             raise UsageError(f"scores of group {g.id} must be {g.n_units} finite numbers, got shape {arr.shape}")
         return arr
 
-    def _prepare_global(self, view: GraphView) -> None:
-        scores = np.concatenate([self.score(g) for g in self.pool])
-        slot = np.concatenate([np.full(g.n_units, k) for k, g in enumerate(self.pool)])
-        unit = np.concatenate([np.arange(g.n_units) for g in self.pool])
-        weight = np.array([self.cost.unit_weight(g, view) for g in self.pool])[slot]
+    def _pool(self, groups: list[Group], ratio: float | None, view: GraphView) -> _Pool:
+        """Units of ``groups`` in global removal order (lowest score first, each group capped)."""
+        scores = np.concatenate([self.score(g) for g in groups])
+        slot = np.concatenate([np.full(g.n_units, k) for k, g in enumerate(groups)])
+        unit = np.concatenate([np.arange(g.n_units) for g in groups])
+        weight = np.array([self.cost.unit_weight(g, view) for g in groups])[slot]
         order = np.lexsort((unit, slot, scores))
-        caps = [_cap(g.n_units, self.opts.max_ratio) for g in self.pool]
-        seen = [0] * len(self.pool)
+        caps = [_cap(g.n_units, self.opts.max_ratio) for g in groups]
+        seen = [0] * len(groups)
         allowed = np.zeros(order.size, dtype=bool)
         for pos, k in enumerate(slot[order].tolist()):
             allowed[pos] = seen[k] < caps[k]
             seen[k] += 1
-        self.g_order = order[allowed]
-        self.g_slot = slot
-        self.g_cum = np.cumsum(weight[self.g_order])
-        self.g_total = float(weight.sum())
-
-    def _global_counts(self, ratio: float) -> dict[int, int]:
-        budget = ratio * self.g_total
-        if budget <= 0 or self.g_order.size == 0:
-            return {g.id: 0 for g in self.pool}
-        take = min(int(np.searchsorted(self.g_cum, budget - _EPS * self.g_total, side="left")) + 1, self.g_order.size)
-        counts = np.bincount(self.g_slot[self.g_order[:take]], minlength=len(self.pool))
-        return {g.id: int(c) for g, c in zip(self.pool, counts.tolist(), strict=True)}
+        kept_order = order[allowed]
+        return _Pool(groups, ratio, kept_order, slot, np.cumsum(weight[kept_order]), float(weight.sum()))
 
     def counts(self, ratio: float) -> dict[int, int]:
         """Units each active group loses at ``ratio`` (overrides keep their own), after rounding."""
-        out = self._global_counts(ratio) if self.pool else {}
+        out: dict[int, int] = {}
+        for pool in self.pools:
+            out.update(pool.counts(ratio if pool.ratio is None else pool.ratio))
         for g in self.active:
             if g.id not in out:
                 r = self.elig.override.get(g.id, ratio)
@@ -527,6 +549,24 @@ def allocate(
         dense_macs=planner.cost.dense_macs, dense_params=planner.cost.dense_params,
         macs=macs, params=params, warnings=list(planner.elig.warnings), latency_ms=planner.predicted_ms(counts),
     )
+
+
+def pool_ratios(analysis: Analysis, options: AllocationOptions) -> dict[int, float | None]:
+    """Under global ranking: the budget fraction of the pool each eligible group is ranked in (its
+    kind's ratio, or the ratio; None when a target search will choose it)."""
+    if not options.global_ranking:
+        return {}
+    elig = _eligibility(analysis, options)
+    kinds = dict(options.kind_ratios)
+    out: dict[int, float | None] = {}
+    for g in analysis.groups:
+        if g.id in elig.skipped:
+            continue
+        if g.id in elig.kind_pool:
+            out[g.id] = float(kinds[elig.kind_pool[g.id]])
+        elif g.id not in elig.override:
+            out[g.id] = None if options.target is not None else float(options.ratio)
+    return out
 
 
 def select_kept(scores: np.ndarray, n_remove: int) -> np.ndarray:

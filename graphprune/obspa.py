@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from graphprune.allocation import AllocationOptions, allocate
+from graphprune.allocation import AllocationOptions, allocate, pool_ratios
 from graphprune.analysis import Analysis
 from graphprune.errors import InternalError, UsageError
 from graphprune.groups import Group
@@ -272,17 +272,17 @@ class ObspaScoring:
 
 
 def _targets(analysis: Analysis, opts: AllocationOptions) -> dict[int, int]:
-    """Units each group may lose: exact counts in local mode, the cap under global ranking."""
+    """Units each group may lose: exact counts where the ratio is local, the cap where groups are
+    ranked globally (any of them may lose up to it)."""
     zeros = {g.id: np.zeros(g.n_units) for g in analysis.groups if g.n_units}
+    ranked = pool_ratios(analysis, opts)
     alloc = allocate(analysis, zeros, opts)
     out = {}
     for g in analysis.groups:
         d = alloc.decisions.get(g.id)
-        if d is None:
-            continue
-        if opts.global_ranking and d.skipped is None and g.n_units > 1 and not g.frozen:
+        if g.id in ranked and g.n_units > 1 and ranked[g.id] != 0.0:
             out[g.id] = max(min(math.floor(opts.max_ratio * g.n_units + 1e-9), g.n_units - 1), 0)
-        elif d.removed > 0:
+        elif d is not None and d.removed > 0:
             out[g.id] = d.removed
     return {gid: t for gid, t in out.items() if t > 0}
 
@@ -377,7 +377,7 @@ def gather_stats(analysis: Analysis, consumers: list[Consumer], opts: ObspaOptio
             feeds = noise_feeds(view, n, opts.seed)
         else:
             like = load_inputs(opts.inputs, view) if opts.inputs else None
-            feeds, prior = _natural(analysis, n, opts.seed, like)
+            feeds, prior = prior_feeds(analysis, n, opts.seed, like)
             if mode == "bn-prior":
                 mode = "natural (no BN in front)"
                 warnings.append(f"bn-prior: {len(todo)} consumer(s) have no BatchNormalization in front; "
@@ -392,8 +392,9 @@ def gather_stats(analysis: Analysis, consumers: list[Consumer], opts: ObspaOptio
     return [s for s in out if s is not None], prior, n, warnings, feeds
 
 
-def _natural(analysis: Analysis, n: int, seed: int, like: dict[str, np.ndarray] | None
-             ) -> tuple[list[dict[str, np.ndarray]], PriorChoice]:
+def prior_feeds(analysis: Analysis, n: int, seed: int, like: dict[str, np.ndarray] | None = None
+                ) -> tuple[list[dict[str, np.ndarray]], PriorChoice]:
+    """``n`` data-free inputs chosen by the model (image-like, or synthetic token sequences)."""
     view = analysis.view
     bn = bn_statistics(view)
     sess = session_with_outputs(view.model, view, [t for t, _, _ in bn])

@@ -258,16 +258,13 @@ def _mask_identity(model: onnx.ModelProto, view: GraphView, todo: list[tuple[Con
         _set_constant(model, c.weight, w)
 
 
-def _refit_consumer(model: onnx.ModelProto, view: GraphView, cs: ConsumerState, kept: np.ndarray,
-                    plan: PruningPlan, pair: Pair | None = None) -> ConsumerRecord:
+def refit_values(view: GraphView, cs: ConsumerState, kept: np.ndarray, pair: Pair | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The refitted weight matrix ``[out, in·k]`` of a consumer keeping input channels ``kept``, its
+    effective bias ``[out]`` (None without a bias column) and the relative loss the refit leaves."""
     c, st = cs.consumer, cs.stats
-    rec = ConsumerRecord(c.name, c.op, st.mode, len(kept), c.n_in, "", 0.0)
-    if st.mode == "identity":
-        rec.bias = f"none: {st.notes[0] if st.notes else 'no statistics'} (sliced only)"
-        rec.rel_loss = _identity_loss(cs, kept)
-        return rec
     matrix = c.matrix(view)
-    bias = c.bias_vector(view)
+    bias = c.bias_vector(view) if st.bias else None
     keep_mask = np.zeros(c.n_in, dtype=bool)
     keep_mask[kept] = True
     loss = 0.0
@@ -287,12 +284,23 @@ def _refit_consumer(model: onnx.ModelProto, view: GraphView, cs: ConsumerState, 
             new_w[:, cols] = np.linalg.solve(ht[np.ix_(cols, cols)], (w @ cross[:, cols]).T).T
             loss += 0.5 * (quad(w, h, w) - 2 * quad(w, cross, new_w) + quad(new_w, ht, new_w))
         matrix[:, c0 * c.k:c1 * c.k] = new_w[:, :-1] if st.bias else new_w
-        if st.bias:
+        if bias is not None:
             bias = bias + new_w[:, -1]
-    rec.rel_loss = loss / cs.energy
+    return matrix, bias, loss / cs.energy
+
+
+def _refit_consumer(model: onnx.ModelProto, view: GraphView, cs: ConsumerState, kept: np.ndarray,
+                    plan: PruningPlan, pair: Pair | None = None) -> ConsumerRecord:
+    c, st = cs.consumer, cs.stats
+    rec = ConsumerRecord(c.name, c.op, st.mode, len(kept), c.n_in, "", 0.0)
+    if st.mode == "identity":
+        rec.bias = f"none: {st.notes[0] if st.notes else 'no statistics'} (sliced only)"
+        rec.rel_loss = _identity_loss(cs, kept)
+        return rec
+    matrix, bias, rec.rel_loss = refit_values(view, cs, kept, pair)
     like = np.asarray(view.constant_value(c.weight))
     _set_constant(model, c.weight, c.stored(matrix, like))
-    if st.bias:
+    if bias is not None:
         rec.bias, added = _write_bias(model, view, c, bias, like.dtype)
         out = _out_space(c)
         if added is not None and out in plan.keep:

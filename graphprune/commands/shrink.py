@@ -43,6 +43,9 @@ def _ratio_for(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
               help="How member scores combine into a group score.")
 @click.option("--normalizer", type=click.Choice(list(NORMALIZERS)), default="mean", show_default=True)
 @click.option("--global", "global_ranking", is_flag=True, help="Rank normalised scores across groups.")
+@click.option("--sensitivity", is_flag=True,
+              help="Measure each group's damage to the model's outputs (on the data-free prior or --calib) and "
+                   "spend the budget where it is least; ranks globally (--heads holds in total, across layers).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True, help="Cap on the fraction removed from any group.")
 @click.option("--target-macs", type=float, default=None, help="Prune until MACs reach this fraction of dense.")
 @click.option("--target-params", type=float, default=None, help="Prune until params reach this fraction of dense.")
@@ -83,13 +86,14 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
                allow_lossy: bool, heads: float | None, head_dim: float | None, split: str, no_verify: bool, inputs: str | None, calib: str | None, seed: int,
                plan_path: str | None, report_path: str | None, as_json: bool, method: str = "magnitude",
                stats: str | None = None, samples: int | None = None, propagate: bool | None = None,
-               target_latency: str | None = None, **target_kw: Any) -> None:
+               sensitivity: bool = False, target_latency: str | None = None, **target_kw: Any) -> None:
     """Remove channels from MODEL and prove the result equals the masked original."""
     if target_latency is not None or round_to == "auto":
         if target_latency is not None and (ratio is not None or target_macs or target_params):
             raise UsageError("give --target-latency or --ratio/--target-macs/--target-params, not both")
-        if method != "magnitude" or heads is not None or head_dim is not None:
-            raise UsageError("--target-latency and --round-to auto work with --method magnitude on channels")
+        if method != "magnitude" or heads is not None or head_dim is not None or sensitivity:
+            raise UsageError("--target-latency and --round-to auto work with --method magnitude on channels "
+                             "(without --sensitivity)")
         run_shrink_latency(model, target_latency, output, target_kw, ratio=ratio or 0.0, criterion=criterion,
                            global_ranking=global_ranking or target_latency is not None, round_to=round_to,
                            max_ratio=max_ratio, ignore=ignore, allow_lossy=allow_lossy, verify=not no_verify,
@@ -113,7 +117,8 @@ def shrink_cmd(model: str, output: str | None, ratio: float | None, criterion: s
             target_params=target_params, round_to=int(round_to), ignore=ignore, ratio_for=_ratio_for(ratio_for),
             allow_lossy=allow_lossy, heads=heads, head_dim=head_dim, split=split, verify=not no_verify,
             inputs=inputs, calib=calib, seed=seed, output=output, plan_path=plan_path,
-            method=method, stats=stats, samples=samples, propagate=propagate, progress=progress,
+            method=method, stats=stats, samples=samples, propagate=propagate, sensitivity=sensitivity,
+            progress=progress,
         )
         report = result.report()
         report["model"] = model
