@@ -27,6 +27,7 @@ from graphprune.analysis import Analysis, analyze
 from graphprune.cost import count
 from graphprune.errors import UsageError, VerificationError
 from graphprune.graph import GraphView
+from graphprune.groups import Group
 from graphprune.importance import ImportanceOptions, ImportanceResult, score_groups
 from graphprune.inputs import load_inputs, random_inputs
 from graphprune.model_io import LoadedModel, load_model, save_model_atomic
@@ -374,17 +375,46 @@ def attention_scale_notes(view: GraphView) -> list[str]:
 
 
 def masking_spaces(analysis: Analysis) -> set[Space]:
-    """Weight axes to zero for the masked reference: every consumer ("in") axis; where two activations
-    meet (the q·k contraction of attention head dims) no weight consumes the channels, so there the
-    producers' weights and biases are zeroed too, making the removed channels exactly zero."""
+    """Weight axes to zero for the masked reference: every consumer ("in") axis; where channels are
+    contracted without a weight of the group consuming them (two activations meeting, as in the q·k
+    product of attention head dims, or a weight computed from a constant such as a tied embedding's
+    Transpose), the producers' weights and biases are zeroed too, making the removed channels exactly
+    zero."""
     out: set[Space] = set()
     for g in analysis.groups:
         ins = [p.space for p in g.params if p.role == "in"]
         producers = [p.space for p in g.params if p.role in ("out", "const")]
         out.update(ins)
-        if not ins or g.kind == "head-dim":
+        if not ins or g.kind == "head-dim" or _contracted_unweighted(analysis.view, g):
             out.update(producers)
     return out
+
+
+_CONTRACTIONS = ("MatMul", "Gemm")
+
+
+def _contracted_unweighted(view: GraphView, g: Group) -> bool:
+    """Whether a MatMul/Gemm contracts one of ``g``'s axes without being one of its weight consumers."""
+    weighted = {p.node for p in g.params if p.role == "in"}
+    for s in g.spaces:
+        if s.virtual:
+            continue
+        for ci in view.consumers.get(s.tensor, []):
+            node = view.nodes[ci]
+            if node.op_type not in _CONTRACTIONS or ci in weighted:
+                continue
+            rank = view.rank(s.tensor) or 0
+            for k, name in enumerate(node.input[:2]):
+                if name != s.tensor:
+                    continue
+                if node.op_type == "MatMul":
+                    axis = rank - 1 if k == 0 else rank - 2
+                else:
+                    trans = view.attr(ci, "transA" if k == 0 else "transB", 0)
+                    axis = (0 if trans else 1) if k == 0 else (1 if trans else 0)
+                if s.axis == axis:
+                    return True
+    return False
 
 
 def prove(

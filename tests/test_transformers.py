@@ -104,3 +104,44 @@ def test_fused_attention_is_frozen_with_reason():
     a = analyze(m)
     (grp,) = a.group_of(Space("w2", 0))
     assert grp.frozen and any("fused com.microsoft::Attention" in r for r in grp.frozen_reasons)
+
+
+def _tied_lm(norm: bool) -> onnx.ModelProto:
+    """ids -> Gather(E) -> residual FFN [-> LayerNorm] -> MatMul(., Transpose(E)): input and output
+    embeddings share one table."""
+    from onnx import TensorProto, numpy_helper
+
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("E", (50, 12)), ("W1", (12, 24)), ("W2", (24, 12)))]
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["e"]), helper.make_node("MatMul", ["e", "W1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["f"]),
+             helper.make_node("Add", ["e", "f"], ["z"])]
+    last = "z"
+    if norm:
+        inits += [numpy_helper.from_array(np.ones(12, np.float32), "g"),
+                  numpy_helper.from_array(np.zeros(12, np.float32), "b")]
+        nodes.append(helper.make_node("LayerNormalization", ["z", "g", "b"], ["zn"], axis=-1))
+        last = "zn"
+    nodes += [helper.make_node("Transpose", ["E"], ["Et"], perm=[1, 0]),
+              helper.make_node("MatMul", [last, "Et"], ["logits"])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "S", 50])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_tied_embeddings_prune_the_shared_table_once(norm):
+    """The embedding width is one group through the Gather, the residual and the transposed output
+    projection; pruning it slices the one shared table, and the proof zeroes the contraction too."""
+    model = _tied_lm(norm)
+    a = analyze(model)
+    width = next(g for g in a.groups if Space("E", 1) in g.spaces)
+    assert Space("Et", 0) in width.spaces and width.lossy == norm
+    r = graphprune.shrink(model, ratio=0.25, allow_lossy=True, write=False)
+    assert r.verify is not None and r.verify.passed and r.verify.exact == (not norm)
+    if not norm:
+        assert r.verify.max_abs_diff < 1e-4
+    inits = {t.name: list(t.dims) for t in r.model.graph.initializer}
+    assert inits["E"] == [50, 9] and sum(1 for n in inits if n.startswith("E")) == 1
+    onnx.checker.check_model(r.model, full_check=True)
