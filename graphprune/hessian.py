@@ -365,7 +365,7 @@ def flush(st: Stats, buf: _Buffer) -> None:
 
 def session_with_outputs(model: onnx.ModelProto, view: GraphView, fetch: Iterable[str]):
     """An ONNX Runtime CPU session over a copy of ``model`` that also returns ``fetch``."""
-    import onnxruntime as ort
+    from graphprune.verify import session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -373,10 +373,8 @@ def session_with_outputs(model: onnx.ModelProto, view: GraphView, fetch: Iterabl
     for t in dict.fromkeys(fetch):
         if t not in present and t not in view.graph_inputs:
             m.graph.output.append(helper.make_tensor_value_info(t, view.dtypes.get(t, onnx.TensorProto.FLOAT), None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     try:
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return session(m)  # external weights: ORT reads them from files beside a saved copy
     except Exception as e:  # noqa: BLE001 - ORT raises many types
         raise GraphpruneError(f"ONNX Runtime cannot load the model to collect OBSPA statistics: {e}") from e
 

@@ -40,6 +40,7 @@ from graphprune.errors import GraphpruneError, UsageError
 from graphprune.graph import GraphView
 from graphprune.groups import Group
 from graphprune.rules import Space
+from graphprune.verify import session
 
 Feeds = list[dict[str, np.ndarray]]
 
@@ -230,8 +231,6 @@ def measure(analysis: Analysis, scores: Mapping[int, np.ndarray], reach: Mapping
     """Damage curves of every group in ``reach`` (units it may lose): the group is cut at each level
     while every other group stays cut as in ``background`` (units removed; none by default), so a
     curve's slopes are that group's marginal damage at the operating point."""
-    import onnxruntime as ort
-
     t0 = time.perf_counter()
     view = analysis.view
     by_id = {g.id: g for g in analysis.groups}
@@ -251,11 +250,8 @@ def measure(analysis: Analysis, scores: Mapping[int, np.ndarray], reach: Mapping
     feeds = _take(feeds, samples)
     names = set().union(*(trial.tensors(by_id[gid]) for gid in set(todo) | set(bg)))
     dense_values = {t: np.asarray(view.constant_value(t)) for t in names}
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(_weights_as_inputs(view.model, view, names).SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+        sess = session(_weights_as_inputs(view.model, view, names))
     except Exception as e:  # noqa: BLE001 - ORT raises many types
         raise GraphpruneError(f"ONNX Runtime cannot load the model for the sensitivity trials: {e}") from e
     fetch = _float_outputs(sess)

@@ -15,6 +15,7 @@ from graphprune.graph import GraphView
 FOLD_OPS = frozenset({
     "Shape", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub", "Mul", "Div",
     "Floor", "Ceil", "Identity", "Constant", "Neg", "Reshape", "ReduceProd", "Max", "Min", "Mod",
+    "Equal", "Where", "ConstantOfShape",
 })
 # (op_type, input index) slots that take a shape-like value, which the passes can rewrite to constants
 SHAPE_SLOTS = frozenset({
@@ -126,6 +127,24 @@ class ShapeFolder:
                 return None
             known = bool(ins[0][1].all())
             return np.array(np.prod(ins[0][0]) if known else NO_ORIGIN), np.array(known)
+        if op == "ConstantOfShape":  # PyTorch's expand(-1, ...) fills -1s this way
+            if ins[0] is None or not ins[0][1].all() or int(np.prod(ins[0][0])) > 64:
+                return None
+            t = self.view.attr(i, "value", None)
+            fill = int(np.asarray(onnx.numpy_helper.to_array(t)).ravel()[0]) if isinstance(t, onnx.TensorProto) else 0
+            arr = np.full(tuple(int(d) for d in ins[0][0].ravel()), fill, dtype=np.int64)
+            return arr, np.ones(arr.shape, dtype=bool)
+        if op == "Equal":
+            if ins[0] is None or ins[1] is None:
+                return None
+            return ((ins[0][0] == ins[1][0]).astype(np.int64),
+                    np.asarray(np.logical_and(ins[0][1], ins[1][1])))
+        if op == "Where":
+            if any(p is None for p in ins[:3]):
+                return None
+            (c, ck), (x, xk), (y, yk) = ins[0], ins[1], ins[2]  # type: ignore[misc]
+            val = np.where(c.astype(bool), x, y)
+            return val, np.asarray(ck & np.where(c.astype(bool), xk, yk))
         if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod"):
             if ins[0] is None or ins[1] is None:
                 return None

@@ -23,15 +23,17 @@ class VerifyResult:
     max_abs_diff: float
     max_abs_ref: float
     rel_diff: float
-    exact: bool  # False when lossy groups were pruned: the reference is approximate
+    exact: bool  # False when lossy groups were pruned and no exact reference applies
     passed: bool
     outputs: list[str]
+    note: str = ""  # how the reference treats lossy cuts, or why it is approximate
 
     def summary(self) -> str:
         kind = "exact" if self.exact else "approximate (lossy groups pruned)"
         verdict = "PASS" if self.passed else "FAIL"
+        note = f"; {self.note}" if self.note else ""
         return (f"{verdict}: max|Δ| = {self.max_abs_diff:.3g} = {self.rel_diff:.2e}·max|ref| "
-                f"(tolerance {REL_TOL:g}, {kind} reference)")
+                f"(tolerance {REL_TOL:g}, {kind} reference{note})")
 
 
 def masked_reference(model: onnx.ModelProto, zero: dict[str, dict[int, np.ndarray]],

@@ -143,6 +143,12 @@ def _expand_like(ctx: PruneContext, i: int, node: onnx.NodeProto, k: int) -> str
         return None
     val = ctx.view.small_constant(node.input[k])
     if val is None:
+        part = ctx.view.folder.partial(node.input[k])
+        if part is not None and part[0].ndim == 1:
+            shift = (ctx.view.rank(y) or part[0].size) - part[0].size
+            entries = [axis - shift for axis in pruned]
+            if all(0 <= e < part[0].size and part[1][e] and part[0][e] == 1 for e in entries):
+                return None  # broadcast (1) on every pruned axis: the input's size carries through
         raise ValueError(f"{node.op_type} '{ctx.view.node_names[i]}' has a computed shape and a pruned axis")
     new = np.array(val, dtype=np.int64).ravel().copy()
     ry = ctx.view.rank(y) or len(new)
