@@ -72,6 +72,8 @@ def main() -> None:
         np.savez(calib, **tok.batch(CALIB))
         obspa_calib = {"method": "obspa", "stats": "calib", "calib": str(calib)}
         runs: list[tuple[str, dict[str, Any]]] = [("l2", {}), ("l2 --sensitivity", {"sensitivity": True})]
+        runs.append(("obspa --stats bn-prior (FFN: LayerNorm γ/β prior; heads: synthetic sentences)",
+                     {"method": "obspa", "stats": "bn-prior"}))
         for sens in (False, True):
             tag = " --sensitivity" if sens else ""
             runs += [(f"obspa{tag} (seed {seed})", {"method": "obspa", "seed": seed, "sensitivity": sens})

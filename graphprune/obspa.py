@@ -51,6 +51,7 @@ from graphprune.priors import (
     bn_prior_stats,
     bn_statistics,
     classifier_output,
+    ln_prior_stats,
     natural_feeds,
     noise_feeds,
     split_feeds,
@@ -361,7 +362,7 @@ def gather_stats(analysis: Analysis, consumers: list[Consumer], opts: ObspaOptio
         if c.unsupported is not None:
             out[i] = identity_stats(c, opts.max_block, c.unsupported)
         elif opts.stats == "bn-prior":
-            out[i] = bn_prior_stats(c, view, opts.max_block)
+            out[i] = bn_prior_stats(c, view, opts.max_block) or ln_prior_stats(c, view, opts.max_block)
             if out[i] is None:
                 todo.append(i)
         else:
@@ -380,8 +381,8 @@ def gather_stats(analysis: Analysis, consumers: list[Consumer], opts: ObspaOptio
             feeds, prior = prior_feeds(analysis, n, opts.seed, like)
             if mode == "bn-prior":
                 mode = "natural (no BN in front)"
-                warnings.append(f"bn-prior: {len(todo)} consumer(s) have no BatchNormalization in front; "
-                                f"their statistics come from the data-free image prior")
+                warnings.append(f"bn-prior: {len(todo)} consumer(s) have no BatchNormalization (or LayerNorm -> "
+                                f"linear) in front; their statistics come from the data-free prior")
             else:
                 mode = "natural"
         got = collect_stats(view, [consumers[i] for i in todo], feeds, mode, **kw)

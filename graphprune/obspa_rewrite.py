@@ -165,7 +165,7 @@ def rewrite(model: onnx.ModelProto, view: GraphView, scoring: ObspaScoring, plan
         _mask_identity(new, view, todo)
     t = time.perf_counter()
     rows = max(1, -(-opts.max_rows // 2 // max(len(scoring.feeds), 1)))
-    fit = [(cs, kept) for cs, kept in todo if cs.stats.mode not in ("identity", "bn-prior")]
+    fit = [(cs, kept) for cs, kept in todo if cs.stats.mode not in ("identity", "bn-prior", "ln-prior")]
     dense = _dense_rows(model, view, fit, scoring.feeds, rows, opts.seed) if report.propagated else {}
     for cs, kept in todo:
         pair = None

@@ -425,3 +425,55 @@ def test_token_prior_makes_sentence_like_feeds():
         body = ids[mask.astype(bool) & (ids != 101) & (ids != 102)]
         assert body.min() >= 3000 // 16
         assert sess.run(None, f)[0].shape == (*ids.shape, 4)
+
+
+def _ln_ffn(decomposed_gelu: bool) -> onnx.ModelProto:
+    """x -> LayerNorm(γ, β) -> MatMul + b -> GELU (Erf-decomposed or Gelu op) -> MatMul."""
+    g = G(opset=20)
+    gamma = g.const(RNG.uniform(0.5, 1.5, 8).astype(np.float32), "g")
+    beta = g.const((0.3 * RNG.standard_normal(8)).astype(np.float32), "b")
+    n = g.op("LayerNormalization", "x", gamma, beta, axis=-1)
+    u = g.linear(n, 8, 16)
+    if decomposed_gelu:
+        e = g.op("Erf", g.op("Div", u, g.const(np.array(np.sqrt(2.0), np.float32), "s")))
+        act = g.op("Mul", g.op("Mul", u, g.op("Add", e, g.const(np.array(1.0, np.float32), "one"))),
+                   g.const(np.array(0.5, np.float32), "half"))
+    else:
+        act = g.op("Gelu", u)
+    return g.build({"x": ["N", 5, 8]}, [g.linear(act, 16, 4)])
+
+
+@pytest.mark.parametrize("decomposed", [True, False])
+def test_layernorm_prior_matches_monte_carlo_of_its_own_assumption(decomposed):
+    """ln-prior's H equals E[f(u) f(u)ᵀ] for u = n W + b, n ~ N(β, diag γ²): exactly on the diagonal
+    and the mean (quadrature), to first order off it."""
+    from math import erf
+
+    from graphprune.priors import ln_prior_stats
+
+    model = _ln_ffn(decomposed)
+    a = analyze(model)
+    (c,) = [c for c in find_consumers(a).values() if c.n_in == 16]
+    st = ln_prior_stats(c, a.view, 1024)
+    assert st is not None and st.mode == "ln-prior" and st.bias
+    h = st.h[0]
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    norm = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
+    mm = next(n for n in model.graph.node if n.op_type == "MatMul")
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    w, b = init[mm.input[1]], init[[i for i in add.input if i in init][0]]
+    rng = np.random.default_rng(0)
+    samples = rng.standard_normal((400_000, 8)) * np.abs(init[norm.input[1]]) + init[norm.input[2]]
+    u = samples @ w + b
+    x = 0.5 * u * (1.0 + np.vectorize(erf)(u / np.sqrt(2.0)))
+    mc = x.T @ x / len(x)
+    np.testing.assert_allclose(h[-1, :-1], x.mean(axis=0), atol=0.01)
+    np.testing.assert_allclose(np.diag(h)[:-1], np.diag(mc), rtol=0.02, atol=0.01)
+    off = ~np.eye(16, dtype=bool)
+    assert np.corrcoef(h[:-1, :-1][off], mc[off])[0, 1] > 0.97
+
+
+def test_bn_prior_mode_uses_the_layernorm_prior_and_shrinks():
+    r = graphprune.shrink(_ln_ffn(True), ratio=0.5, method="obspa", stats="bn-prior", write=False)
+    assert r.verify is not None and r.verify.passed
+    assert [c.stats for c in r.obspa.consumers] == ["ln-prior"]
