@@ -40,6 +40,8 @@ OPTIONS = st.fixed_dictionaries({
     "round_to": st.sampled_from([1, 2]),
     "seed": st.integers(0, 3),
     "split": st.sampled_from(["heads", "head-dim"]),
+    "allow_lossy": st.booleans(),  # residual streams through LayerNorm: proven against the exact lossy reference
+    "sensitivity": st.sampled_from([False, False, True]),
 })
 
 
@@ -102,6 +104,10 @@ def test_sequence_shrink_passes_the_proof(case: tuple[onnx.ModelProto, list[str]
         _, _, result = _shrink(model, Path(tmp), options)
     assert result.verify is not None and result.verify.passed, result.verify  # type: ignore[attr-defined]
     event(f"groups pruned: {min(result.groups_pruned, 3)}")  # type: ignore[attr-defined]
+    lossy = any(result.analysis.groups[d.group_id].lossy and d.removed  # type: ignore[attr-defined]
+                for d in result.allocation.decisions.values())  # type: ignore[attr-defined]
+    event(f"lossy cut, proof {'exact' if result.verify.exact else 'approximate'}" if lossy  # type: ignore[attr-defined]
+          else "no lossy cut")
 
 
 @FUZZ
