@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from graphprune.analysis import Analysis
+from graphprune.cost import mac_axes
 from graphprune.errors import UsageError
 from graphprune.graph import GraphView
 from graphprune.groups import Group
@@ -181,21 +182,7 @@ class Allocation:
 # cost model -------------------------------------------------------------------------------------
 def _mac_spaces(view: GraphView, i: int) -> list[Space]:
     """The axes whose sizes multiply into :func:`graphprune.cost.node_macs` for node ``i``."""
-    n = view.nodes[i]
-
-    def axes(t: str, start: int = 0) -> list[Space]:
-        return [Space(t, a) for a in range(start, view.rank(t) or 0)]
-
-    if n.op_type == "Conv":
-        return axes(n.output[0]) + axes(n.input[1], 1)
-    if n.op_type == "ConvTranspose":
-        return axes(n.input[0]) + axes(n.input[1], 1)
-    if n.op_type == "Gemm":
-        return axes(n.output[0]) + [Space(n.input[0], 0 if view.attr(i, "transA", 0) else 1)]
-    if n.op_type == "MatMul":
-        ra = view.rank(n.input[0]) or 1
-        return axes(n.output[0]) + [Space(n.input[0], ra - 1)]
-    return []
+    return [Space(t, a) for t, a in mac_axes(view, i)]
 
 
 class CostModel:

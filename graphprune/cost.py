@@ -21,31 +21,39 @@ def _numel(shape: tuple[object, ...] | None) -> int:
     return math.prod(d if isinstance(d, int) else 1 for d in shape)
 
 
-def node_macs(view: GraphView, i: int) -> int:
+def mac_axes(view: GraphView, i: int) -> list[tuple[str, int]]:
+    """The (tensor, axis) pairs whose sizes multiply into node ``i``'s MACs (empty: none counted).
+
+    Conv / ConvTranspose: every output / input element meets one weight slice [C/group, k...];
+    Gemm / MatMul: every output element is a dot product over the contracted axis of A."""
     n = view.nodes[i]
     op = n.op_type
+
+    def axes(t: str, start: int = 0) -> list[tuple[str, int]] | None:
+        shape = view.shape(t)
+        return None if shape is None else [(t, a) for a in range(start, len(shape))]
+
     if op in ("Conv", "ConvTranspose"):
-        # every output (Conv) / input (ConvTranspose) element meets one weight slice [C/group, k...]
-        w = view.shape(n.input[1])
-        act = view.shape(n.output[0] if op == "Conv" else n.input[0])
-        if w is None or act is None:
-            return 0
-        return _numel(act) * _numel(w[1:])
-    if op == "Gemm":
+        act, w = axes(n.output[0] if op == "Conv" else n.input[0]), axes(n.input[1], 1)
+    elif op == "Gemm":
+        act = axes(n.output[0])
+        w = [(n.input[0], 0 if view.attr(i, "transA", 0) else 1)] if view.shape(n.input[0]) is not None else None
+    elif op == "MatMul":
         a = view.shape(n.input[0])
-        y = view.shape(n.output[0])
-        if a is None or y is None:
-            return 0
-        k = a[0] if view.attr(i, "transA", 0) else a[1]
-        return _numel(y) * (k if isinstance(k, int) else 1)
-    if op == "MatMul":
-        a = view.shape(n.input[0])
-        y = view.shape(n.output[0])
-        if a is None or y is None or not a:
-            return 0
-        k = a[-1]
-        return _numel(y) * (k if isinstance(k, int) else 1)
-    return 0
+        act = axes(n.output[0])
+        w = [(n.input[0], len(a) - 1)] if a else None
+    else:
+        return []
+    return [] if act is None or w is None else act + w
+
+
+def node_macs(view: GraphView, i: int) -> int:
+    total = 1
+    pairs = mac_axes(view, i)
+    for t, a in pairs:
+        d = view.shape(t)[a]  # type: ignore[index]
+        total *= d if isinstance(d, int) else 1
+    return total if pairs else 0
 
 
 @dataclass
