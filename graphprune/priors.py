@@ -274,7 +274,7 @@ def natural_feeds(
     """
     spec = image_input(view, like)
     if spec is None and token_table(view) is not None:
-        return token_feeds(view, n, seed)
+        return token_feeds(view, n, seed, like)
     if spec is None:
         feeds = [random_inputs(view, batch=min(BATCH, n - i), seed=seed + i) for i in range(0, n, BATCH)]
         return feeds, PriorChoice("gaussian", "input spec", note="inputs are not one float image: random inputs")
@@ -339,34 +339,57 @@ def token_table(view: GraphView) -> tuple[str, int] | None:
     return best
 
 
-def token_feeds(view: GraphView, n: int, seed: int) -> tuple[list[dict[str, np.ndarray]], PriorChoice]:
+BERT_VOCABS = {30522, 28996, 119547, 21128}  # uncased, cased, multilingual, Chinese: [CLS]=101, [SEP]=102
+
+
+def _frame(ids_name: str, vocab: int, like: dict[str, np.ndarray] | None) -> tuple[tuple[int, int] | None, str]:
+    """The ids that open and close every sequence: from the example inputs when given (first and last
+    non-padding id of each row, if all rows agree), else BERT's [CLS]/[SEP] for BERT-sized vocabularies."""
+    ex = None if like is None else like.get(ids_name)
+    if ex is not None and np.ndim(ex) == 2 and np.size(ex):
+        rows = np.asarray(ex, np.int64)
+        lengths = np.maximum((rows != 0).cumsum(axis=1).argmax(axis=1) + 1, 1)
+        first = set(rows[:, 0].tolist())
+        last = {int(r[k - 1]) for r, k in zip(rows, lengths, strict=True)}
+        if len(first) == 1 and len(last) == 1 and 0 <= min(first | last) and max(first | last) < vocab:
+            a, b = first.pop(), last.pop()
+            return (int(a), int(b)), f"framed {a} ... {b} as in the example inputs"
+        return None, "unframed (the example rows do not share their first and last ids)"
+    if vocab in BERT_VOCABS:
+        return (101, 102), "framed 101 ... 102 (a BERT vocabulary's [CLS]/[SEP])"
+    return None, "unframed (give --inputs with a tokenized example to frame sequences like it)"
+
+
+def token_feeds(view: GraphView, n: int, seed: int, like: dict[str, np.ndarray] | None = None
+                ) -> tuple[list[dict[str, np.ndarray]], PriorChoice]:
     """``n`` synthetic token sequences for a token-id model, in batches of one length each (no padding).
 
     Ids are log-uniform over the upper 15/16 of the vocabulary (WordPiece/BPE vocabularies put special,
     unused and single-character entries first and order the rest roughly by frequency, so a log-uniform
-    draw is a Zipf-like word distribution); each sequence is framed by the first two ids of that range's
-    complement that the tokenizer conventionally reserves ([CLS] ... [SEP] = 101 ... 102 for BERT when
-    the table has them).  Lengths are uniform in ``TOKEN_LENGTHS``.  Other integer inputs: masks (not
-    indexing a table) are all ones, type/segment ids (small tables) all zeros; float inputs are Gaussian.
+    draw is a Zipf-like word distribution).  Each sequence is framed by the ids that open and close
+    the rows of ``like`` (a tokenized example), or by BERT's [CLS]/[SEP] (101/102) when the table has
+    a BERT vocabulary's size, else not at all.  Lengths are uniform in ``TOKEN_LENGTHS``.  Other integer
+    inputs: masks (not indexing a table) are all ones, type/segment ids (small tables) all zeros; float
+    inputs are Gaussian.
     """
     found = token_table(view)
     assert found is not None
     ids_name, vocab = found
     rng = np.random.default_rng([seed, 11])
     lo = max(vocab // 16, 1)
-    framed = vocab > 1000
+    frame, how = _frame(ids_name, vocab, like)
     feeds = []
     for i in range(0, n, BATCH):
         b = min(BATCH, n - i)
         body = rng.integers(TOKEN_LENGTHS[0], TOKEN_LENGTHS[1] + 1, size=b)
-        seq = int(body.max()) + 2 * framed
+        seq = int(body.max()) + (2 if frame else 0)
         ids = np.zeros((b, seq), np.int64)
         mask = np.zeros((b, seq), np.int64)
         for r, length in enumerate(body):
             t = np.exp(rng.uniform(math.log(lo), math.log(vocab), size=int(length))).astype(np.int64)
             t = np.clip(t, lo, vocab - 1)
-            if framed:
-                t = np.concatenate([[101], t, [102]])
+            if frame:
+                t = np.concatenate([[frame[0]], t, [frame[1]]])
             ids[r, :len(t)] = t
             mask[r, :len(t)] = 1
         feed = random_inputs(view, batch=b, seq=seq, seed=seed + i)
@@ -377,8 +400,8 @@ def token_feeds(view: GraphView, n: int, seed: int) -> tuple[list[dict[str, np.n
                 table = _gather_table(view, name)
                 feed[name] = (np.zeros_like(ids) if table is not None else mask).astype(dtype)
         feeds.append(feed)
-    note = f"{n} sequences of {TOKEN_LENGTHS[0]}-{TOKEN_LENGTHS[1]} ids log-uniform in [{lo}, {vocab})"
-    return feeds, PriorChoice("tokens", "log-uniform ids", note=note + (", framed 101 ... 102" if framed else ""))
+    note = f"{n} sequences of {TOKEN_LENGTHS[0]}-{TOKEN_LENGTHS[1]} ids log-uniform in [{lo}, {vocab}), {how}"
+    return feeds, PriorChoice("tokens", "log-uniform ids", note=note)
 
 
 def balanced_confident(probs: np.ndarray, n: int) -> np.ndarray:

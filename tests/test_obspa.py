@@ -409,22 +409,40 @@ def _token_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_token_prior_makes_sentence_like_feeds():
-    """Token-id models get framed, log-uniform ids with matching masks and zero type ids."""
+@pytest.mark.parametrize("example", [None, "framed", "ragged"])
+def test_token_prior_makes_sentence_like_feeds(example):
+    """Token-id models get log-uniform ids with matching masks and zero type ids, framed like the
+    tokenized example when one is given (a 3000-row table is no BERT vocabulary: unframed without)."""
     view = GraphView(_token_model())
     assert token_table(view) == ("ids", 3000)
-    feeds, prior = natural_feeds(view, 40, 0, None)
+    like = None
+    if example is not None:
+        second = [7, 99, 8, 0, 0, 0] if example == "framed" else [9, 99, 8, 0, 0, 0]
+        like = {"ids": np.array([[7, 1500, 2000, 40, 8, 0], second], np.int64)}
+    feeds, prior = natural_feeds(view, 40, 0, None, like=like)
     assert prior.family == "tokens" and sum(len(f["ids"]) for f in feeds) == 40
+    framed = example == "framed"
+    assert ("framed 7 ... 8 as in the example inputs" in prior.describe()) == framed
+    assert "unframed" in prior.describe() or framed
     sess = ort.InferenceSession(view.model.SerializeToString(), providers=["CPUExecutionProvider"])
     for f in feeds:
         ids, mask = f["ids"], f["mask"]
         assert ids.shape == mask.shape and not f["types"].any()
         lengths = mask.sum(axis=1)
-        assert np.all(ids[:, 0] == 101) and np.all(ids[np.arange(len(ids)), lengths - 1] == 102)
+        ends = ids[:, 0], ids[np.arange(len(ids)), lengths - 1]
+        assert framed == (bool(np.all(ends[0] == 7)) and bool(np.all(ends[1] == 8)))
         assert np.all((ids == 0) == (mask == 0)) and ids.max() < 3000
-        body = ids[mask.astype(bool) & (ids != 101) & (ids != 102)]
-        assert body.min() >= 3000 // 16
+        for row, k in zip(ids, lengths, strict=True):
+            body = row[1:k - 1] if framed else row[:k]
+            assert body.min() >= 3000 // 16
         assert sess.run(None, f)[0].shape == (*ids.shape, 4)
+
+
+def test_bert_sized_vocabulary_is_framed_with_cls_and_sep():
+    from graphprune.priors import _frame
+
+    assert _frame("ids", 30522, None)[0] == (101, 102)
+    assert _frame("ids", 50265, None)[0] is None  # RoBERTa-sized: no guess
 
 
 def _ln_ffn(decomposed_gelu: bool) -> onnx.ModelProto:
