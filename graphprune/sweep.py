@@ -161,6 +161,7 @@ def sweep(
     criterion: str = "l2",
     round_to: int | str = 1,
     global_ranking: bool = False,
+    sensitivity: bool = False,
     evaluate: Evaluate | None = None,
     eval_name: str | None = None,
     timing: ProfileOptions | None = None,
@@ -189,7 +190,7 @@ def sweep(
     config = {"model": str(model.resolve()), "sha256": file_sha256(model), "target": tgt.name,
               "shapes": options.shapes, "ort": vars(options.ort), "precision": options.trt.precision,
               "method": method, "criterion": criterion, "round_to": round_to, "global": global_ranking,
-              "interleave": interleave, "eval": eval_name if evaluate is not None else None}
+              **({"sensitivity": True} if sensitivity else {}), "interleave": interleave, "eval": eval_name if evaluate is not None else None}
     state = _State(out / "sweep.json", config, resume)
     todo_before = {r["point"] for r in state.rows if r.get("status") == "ok"}
     labels = ["dense"] + [f"r{r:g}" for r in ratios]
@@ -216,7 +217,7 @@ def sweep(
         if row["point"] == "dense":
             row.update(macs=dense_cost[0], params=dense_cost[1], macs_frac=1.0, params_frac=1.0)
     pruner = _Pruner(model, tgt, options, devs, method, criterion, round_to, global_ranking, cache_dir, points,
-                     table_timing, steps)
+                     table_timing, steps, sensitivity)
     for row in to_prune:
         pruner.prune(row, dense_cost)
         row.update(latency_ms=None, p90_ms=None, min_ms=None, cv=None, dense_ms=None, speedup=None, accuracy=None,
@@ -296,14 +297,15 @@ class _Pruner:
 
     def __init__(self, model: Path, target: Target, options: TargetOptions, devices: Sequence[Device],
                  method: str, criterion: str, round_to: int | str, global_ranking: bool,
-                 cache_dir: Path | None, points: int, table_timing: ProfileOptions | None, steps: Steps) -> None:
+                 cache_dir: Path | None, points: int, table_timing: ProfileOptions | None, steps: Steps,
+                 sensitivity: bool = False) -> None:
         self.model, self.method, self.criterion = model, method, criterion
-        self.round_to, self.global_ranking = round_to, global_ranking
+        self.round_to, self.global_ranking, self.sensitivity = round_to, global_ranking, sensitivity
         self._ctx: tuple[Any, ...] | None = None
         self._table_args = (target, options, devices[:1], cache_dir, points, table_timing, steps)
-        if round_to == "auto" and method != "magnitude":
-            raise UsageError("--round-to auto works with --method magnitude for now (OBSPA's weight update "
-                             "goes through shrink, which does not take a latency table yet)")
+        if round_to == "auto" and (method != "magnitude" or sensitivity):
+            raise UsageError("--round-to auto works with --method magnitude without --sensitivity for now (both "
+                             "go through shrink, which does not take a latency table yet)")
 
     def prune(self, row: dict[str, Any], dense: tuple[int, int]) -> None:
         dest = Path(row["model"])
@@ -322,7 +324,7 @@ class _Pruner:
             extra = {} if self.method == "magnitude" else {"method": self.method}
             r = graphprune.shrink(str(self.model), ratio=row["ratio"], criterion=self.criterion,
                                   round_to=int(self.round_to), global_ranking=self.global_ranking, output=str(dest),
-                                  **extra)
+                                  sensitivity=self.sensitivity, **extra)
             macs, params, predicted = r.macs_after, r.params_after, None
         row.update(macs=macs, params=params, macs_frac=macs / max(dense[0], 1), params_frac=params / max(dense[1], 1),
                    predicted_ms=predicted)

@@ -261,3 +261,15 @@ def test_sweep_round_to_auto_uses_the_latency_table(tmp_path: Path) -> None:
     assert list((tmp_path / "t").glob("ort-cpu-*.json"))
     with pytest.raises(UsageError, match="magnitude"):
         sweep(MODEL, [0.5], out_dir=tmp_path / "o", round_to="auto", method="obspa", plot=False)
+
+
+def test_sweep_with_sensitivity_records_it_and_refuses_round_to_auto(tmp_path: Path) -> None:
+    out = tmp_path / "sens"
+    r = _cli("sweep", MODEL, "--ratios", "0.5", "-t", "ort-cpu", "-o", out, "--sensitivity", "--no-plot", *FAST)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["config"]["sensitivity"] is True
+    assert [row["status"] for row in doc["rows"]] == ["ok", "ok"]
+    r = _cli("sweep", MODEL, "--ratios", "0.5", "-t", "ort-cpu", "-o", tmp_path / "auto", "--sensitivity",
+             "--round-to", "auto", *FAST)
+    assert r.exit_code == 2 and "--sensitivity" in r.stderr

@@ -244,6 +244,7 @@ def register(cli: click.Group) -> None:
     @click.option("--round-to", type=ROUND_TO, default=1, show_default=True,
                   help="Keep channel counts multiples of N, or 'auto': the step edges of the latency table.")
     @click.option("--global", "global_ranking", is_flag=True, help="Rank normalised scores across groups.")
+    @click.option("--sensitivity", is_flag=True, help="Allocate by measured output damage (see shrink --help).")
     @click.option("--eval", "eval_spec", default=None, metavar="MODULE:FUNCTION",
                   help="Accuracy callback: function(model_path) -> float (higher is better); a .py path works.")
     @click.option("--warmup", type=click.FloatRange(0), default=0.2, show_default=True)
@@ -257,7 +258,7 @@ def register(cli: click.Group) -> None:
     @table_options
     @farm_target_options
     def sweep_cmd(model: Path, ratios: str, out_dir: Path | None, method: str, criterion: str, round_to: int | str,
-                  global_ranking: bool, eval_spec: str | None, warmup: float, iterations: int, duration: float,
+                  global_ranking: bool, sensitivity: bool, eval_spec: str | None, warmup: float, iterations: int, duration: float,
                   interleave: bool, fresh: bool, no_plot: bool, points: int, table_duration: float,
                   table_iterations: int, cache_dir: Path | None, **kw: Any) -> None:
         """Prune MODEL at each ratio, time every point on a target (or a device farm), optionally evaluate,
@@ -270,7 +271,7 @@ def register(cli: click.Group) -> None:
         with progress_bar() as steps:
             result = sweep(model, values, out_dir=out_dir or Path(f"{model.stem}-sweep"), target=target,
                            options=options, devices=devices, method=method, criterion=criterion, round_to=round_to,
-                           global_ranking=global_ranking, evaluate=evaluate, eval_name=eval_spec,
+                           global_ranking=global_ranking, sensitivity=sensitivity, evaluate=evaluate, eval_name=eval_spec,
                            timing=_timing(warmup, iterations, duration), interleave=interleave, resume=not fresh,
                            cache_dir=cache_dir, points=points, plot=not no_plot, steps=steps,
                            table_timing=_timing(0.1, table_iterations, table_duration))
