@@ -58,6 +58,17 @@ class ShrinkResult:
     scratch: ScratchWriter | None = field(default=None, repr=False)
     obspa: Any = None  # graphprune.obspa_rewrite.ObspaReport with method="obspa"
     sensitivity: Any = None  # graphprune.sensitivity.SensitivityReport with sensitivity=True
+    earlier: list[ShrinkResult] = field(default_factory=list, repr=False)  # passes before this one
+
+    def after_stage(self, first: ShrinkResult) -> ShrinkResult:
+        """This pass's result as the second of two: sizes before are the first pass's, its phases,
+        warnings and proof are kept (``earlier``, which also keeps its scratch file alive)."""
+        self.earlier = [*first.earlier, first]
+        self.params_before, self.macs_before = first.params_before, first.macs_before
+        self.phases = {**{f"heads {k}": v for k, v in first.phases.items()},
+                       **{f"head-dim {k}": v for k, v in self.phases.items()}}
+        self.warnings = list(dict.fromkeys([*first.warnings, *self.warnings]))
+        return self
 
     @property
     def groups_pruned(self) -> int:
@@ -92,6 +103,8 @@ class ShrinkResult:
             "warnings": self.warnings,
             **({"method": "obspa", "obspa": self.obspa.as_dict()} if self.obspa is not None else {}),
             **({"sensitivity": self.sensitivity.as_dict()} if self.sensitivity is not None else {}),
+            **({"earlier_passes": [{"decisions": e.report()["decisions"], "verify": e.report()["verify"]}
+                                   for e in self.earlier]} if self.earlier else {}),
         }
 
     def summary(self) -> str:
@@ -101,6 +114,8 @@ class ShrinkResult:
             f"MACs   {r['macs']['before']:,} -> {r['macs']['after']:,} ({100 * r['macs']['ratio']:.1f}%)",
             f"groups pruned {r['groups']['pruned']} of {r['groups']['prunable']} prunable "
             f"({r['groups']['frozen']} frozen, {r['groups']['lossy']} lossy)",
+            *(f"verify (heads pass, {e.groups_pruned} groups pruned) "
+              + (e.verify.summary() if e.verify else "skipped (--no-verify)") for e in self.earlier),
             "verify " + (self.verify.summary() if self.verify else "skipped (--no-verify)"),
             "time   " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.phases.items()),
         ]
@@ -164,8 +179,25 @@ def shrink(
     phases: dict[str, float] = {}
     obspa_opts = _obspa_options(method, stats, calib, samples, seed, inputs, propagate)
     kind_ratios: list[tuple[str, float]] = []
-    if heads is not None and head_dim is not None:
-        raise UsageError("prune heads and head dims in two runs: --heads first, then --head-dim on its output")
+    if heads is not None and head_dim is not None:  # two passes: whole heads, then dims of the heads left
+        if target_macs is not None or target_params is not None or plan_path is not None:
+            raise UsageError("with both --heads and --head-dim (two passes) give ratios, not a target or --plan; "
+                             "or run --heads first and --head-dim on its output")
+        common: dict[str, Any] = dict(
+            criterion=criterion, reduction=reduction, normalizer=normalizer, global_ranking=global_ranking,
+            max_ratio=max_ratio, round_to=round_to, ignore=ignore, allow_lossy=allow_lossy, verify=verify,
+            inputs=inputs, calib=calib, seed=seed, method=method, stats=stats, samples=samples,
+            propagate=propagate, sensitivity=sensitivity, progress=progress)
+        src = None if isinstance(source, onnx.ModelProto) else Path(source)
+        out = None
+        if write:
+            if src is None and output is None:
+                raise UsageError("give an output path when shrinking an in-memory model")
+            out = Path(output) if output is not None else default_output(src)  # type: ignore[arg-type]
+            _check_output(out, src)
+        first = shrink(source, ratio=ratio, ratio_for=ratio_for, heads=heads, write=False, **common)
+        second = shrink(first.model, head_dim=head_dim, write=write, output=out, **common)
+        return second.after_stage(first)
     if heads is not None:
         kind_ratios.append(("heads", heads))
         split = "heads"

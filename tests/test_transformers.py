@@ -70,9 +70,23 @@ def test_llama_shrinks_exactly_with_external_data(llama, tmp_path, kw):
         assert any("kept as exported" in w for w in r.warnings)
 
 
-def test_heads_and_head_dim_together_is_refused(llama):
-    with pytest.raises(graphprune_usage_error()):
-        graphprune.shrink(str(llama), heads=0.5, head_dim=0.5, write=False)
+def test_heads_and_head_dim_together_are_two_proven_passes(llama, tmp_path):
+    """--heads and --head-dim in one run equal --heads, then --head-dim on its output."""
+    import onnxruntime as ort
+
+    both = graphprune.shrink(str(llama), heads=0.5, head_dim=0.25, ratio=0.25, output=str(tmp_path / "both.onnx"))
+    step = graphprune.shrink(str(llama), heads=0.5, ratio=0.25, output=str(tmp_path / "step.onnx"))
+    two = graphprune.shrink(str(tmp_path / "step.onnx"), head_dim=0.25, output=str(tmp_path / "two.onnx"))
+    assert (both.params_before, both.params_after, both.macs_after) == (step.params_before, two.params_after,
+                                                                        two.macs_after)
+    assert len(both.earlier) == 1 and both.earlier[0].verify.passed and both.verify.passed
+    assert sum(line.startswith("verify") for line in both.summary().splitlines()) == 2
+    assert "earlier_passes" in both.report()
+    feed = {"input_ids": np.arange(8, dtype=np.int64).reshape(2, 4)}
+    run = [ort.InferenceSession(str(tmp_path / f"{n}.onnx")).run(None, feed)[0] for n in ("both", "two")]
+    np.testing.assert_array_equal(run[0], run[1])
+    with pytest.raises(graphprune_usage_error(), match="two passes"):
+        graphprune.shrink(str(llama), heads=0.5, head_dim=0.5, target_macs=0.5, write=False)
 
 
 def graphprune_usage_error():
