@@ -55,6 +55,7 @@ class SensitivityOptions:
     samples: int = 32
     min_samples: int = 4
     budget: float = 2e12
+    cache_prefix: bool = True  # trials run from the first node they change, on cached dense activations
 
     def __post_init__(self) -> None:
         if self.levels < 1 or self.samples < 1 or self.min_samples < 1 or not self.reach > 0:
@@ -250,26 +251,17 @@ def measure(analysis: Analysis, scores: Mapping[int, np.ndarray], reach: Mapping
     feeds = _take(feeds, samples)
     names = set().union(*(trial.tensors(by_id[gid]) for gid in set(todo) | set(bg)))
     dense_values = {t: np.asarray(view.constant_value(t)) for t in names}
-    try:
-        sess = session(_weights_as_inputs(view.model, view, names))
-    except Exception as e:  # noqa: BLE001 - ORT raises many types
-        raise GraphpruneError(f"ONNX Runtime cannot load the model for the sensitivity trials: {e}") from e
-    fetch = _float_outputs(sess)
-    if not fetch:
-        raise UsageError("sensitivity needs a model with floating-point outputs to measure damage on")
-
-    def run(values: Mapping[str, np.ndarray]) -> list[list[np.ndarray]]:
-        return [sess.run(fetch, {**f, **values}) for f in feeds]
-
-    dense = run(dense_values)
+    runner = _Runner(_weights_as_inputs(view.model, view, names), view, feeds, opts.cache_prefix and not bg)
+    only = {gid: trial.tensors(by_id[gid]) for gid in todo}
+    dense = runner.prepare(dense_values, {runner.start(t) for t in only.values()})
     norm = sum(float(np.square(y.astype(np.float64)).sum()) for ys in dense for y in ys) or 1.0
     base = {**dense_values, **trial.values(bg, names)}
     done = 0
     for gid, counts in levels.items():
-        only = trial.tensors(by_id[gid])
+        start = runner.start(only[gid])
         damage = []
         for c in counts:
-            got = run({**base, **trial.values({**bg, gid: orders[gid][:c]}, only)})
+            got = runner.run({**base, **trial.values({**bg, gid: orders[gid][:c]}, only[gid])}, start)
             err = sum(float(np.square(a.astype(np.float64) - b).sum())
                       for ya, yb in zip(got, dense, strict=True) for a, b in zip(ya, yb, strict=True))
             damage.append(err / norm)
@@ -281,6 +273,96 @@ def measure(analysis: Analysis, scores: Mapping[int, np.ndarray], reach: Mapping
             progress(f"sensitivity {done}/{n_trials}")
     report.samples, report.trials, report.seconds = samples, n_trials, time.perf_counter() - t0
     return report
+
+
+class _Runner:
+    """Runs the weights-as-inputs model with some constants replaced.  With ``cache``, a trial that
+    changes constants first read by node ``s`` runs only ``nodes[s:]``, fed the activations the dense
+    model computed before ``s`` (kept from one dense run, up to ``MAX_CACHE_BYTES``)."""
+
+    MAX_CACHE_BYTES = 1 << 30
+
+    def __init__(self, model: onnx.ModelProto, view: GraphView, feeds: Feeds, cache: bool) -> None:
+        self.model, self.view, self.feeds = model, view, feeds
+        self.nodes = list(model.graph.node)
+        self.first_use: dict[str, int] = {}
+        for j, n in enumerate(self.nodes):
+            for t in n.input:
+                self.first_use.setdefault(t, j)
+        self.cache = cache and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                       for n in self.nodes for a in n.attribute)
+        try:
+            self.sess = session(model)
+        except Exception as e:  # noqa: BLE001 - ORT raises many types
+            raise GraphpruneError(f"ONNX Runtime cannot load the model for the sensitivity trials: {e}") from e
+        self.fetch = _float_outputs(self.sess)
+        if not self.fetch:
+            raise UsageError("sensitivity needs a model with floating-point outputs to measure damage on")
+        self.saved: list[dict[str, np.ndarray]] = []
+        self.suffixes: dict[int, tuple[Any, list[str], list[str]]] = {}
+
+    def start(self, names: set[str]) -> int:
+        return min((self.first_use[t] for t in names if t in self.first_use), default=0) if self.cache else 0
+
+    def _frontier(self, s: int) -> list[str]:
+        produced = {o for n in self.nodes[s:] for o in n.output}
+        consts = {t.name for t in self.model.graph.initializer}
+        return sorted({t for n in self.nodes[s:] for t in n.input if t and t not in produced and t not in consts})
+
+    def prepare(self, dense_values: Mapping[str, np.ndarray], starts: set[int]) -> list[list[np.ndarray]]:
+        """Dense outputs per feed; with the cache, also the activations the suffixes start from."""
+        inputs = {i.name for i in self.model.graph.input}
+        keep = sorted({t for s in starts if s > 0 for t in self._frontier(s)} - inputs) if self.cache else []
+        if not keep:
+            self.dense = [self.sess.run(self.fetch, {**f, **dense_values}) for f in self.feeds]
+            self.saved = [{} for _ in self.feeds]
+            return self.dense
+        m = onnx.ModelProto()
+        m.CopyFrom(self.model)
+        have = {o.name for o in m.graph.output}
+        m.graph.output.extend(helper.make_tensor_value_info(t, self.view.dtypes.get(t, onnx.TensorProto.FLOAT), None)
+                              for t in keep if t not in have)
+        sess = session(m)
+        dense, size = [], 0
+        for f in self.feeds:
+            got = sess.run(self.fetch + keep, {**f, **dense_values})
+            dense.append(got[:len(self.fetch)])
+            self.saved.append(dict(zip(keep, got[len(self.fetch):], strict=True)))
+            size += sum(a.nbytes for a in got[len(self.fetch):])
+        if size > self.MAX_CACHE_BYTES:
+            self.cache, self.saved = False, []
+        self.dense = dense
+        return dense
+
+    def _suffix(self, s: int) -> tuple[Any, list[str], list[str]]:
+        if s not in self.suffixes:
+            nodes = self.nodes[s:]
+            frontier = self._frontier(s)
+            used = {t for n in nodes for t in n.input}
+            produced = {o for n in nodes for o in n.output}
+            graph_inputs = {i.name: i for i in self.model.graph.input}
+            ins = [graph_inputs[t] if t in graph_inputs else
+                   helper.make_tensor_value_info(t, self.view.dtypes.get(t, onnx.TensorProto.FLOAT), None)
+                   for t in frontier]
+            outs = [o for o in self.model.graph.output if o.name in produced and o.name in self.fetch]
+            graph = helper.make_graph(nodes, "suffix", ins, outs,
+                                      [t for t in self.model.graph.initializer if t.name in used])
+            sub = helper.make_model(graph, opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
+            sub.functions.extend(self.model.functions)
+            self.suffixes[s] = (session(sub), frontier, [o.name for o in outs])
+        return self.suffixes[s]
+
+    def run(self, values: Mapping[str, np.ndarray], start: int) -> list[list[np.ndarray]]:
+        """Outputs (in ``fetch`` order) per feed; outputs computed before ``start`` are the dense ones."""
+        if start <= 0 or not self.cache:
+            return [self.sess.run(self.fetch, {**f, **values}) for f in self.feeds]
+        sess, frontier, outs = self._suffix(start)
+        out = []
+        for k, f in enumerate(self.feeds):
+            pool = {**f, **self.saved[k], **values}
+            got = dict(zip(outs, sess.run(outs, {t: pool[t] for t in frontier}), strict=True))
+            out.append([got.get(name, self.dense[k][i]) for i, name in enumerate(self.fetch)])
+        return out
 
 
 def _levels(reach: int, levels: int) -> list[int]:

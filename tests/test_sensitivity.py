@@ -178,3 +178,32 @@ def test_cli_sensitivity_report_and_refusals(tmp_path):
     res = CliRunner().invoke(cli, ["shrink", "models/zoo/small_cnn.onnx", "--target-latency", "1ms",
                                    "--sensitivity", "-o", str(tmp_path / "p.onnx")])
     assert res.exit_code == 2 and "--sensitivity" in res.output
+
+
+@pytest.mark.parametrize("name,kw", [("bert", {"heads": 0.25, "ratio": 0.25, "method": "obspa"}),
+                                     ("resnet18_bn", {"ratio": 0.3}), ("mobilenetv2", {"ratio": 0.3})])
+def test_trials_from_cached_activations_equal_full_runs(name, kw, monkeypatch):
+    """Running a trial from the first node it changes, on the dense activations before it, gives the
+    same damage curves as running the whole model."""
+    import graphprune.sensitivity as sens
+
+    path = f"models/zoo/{name}.onnx"
+    curves = []
+    for cache in (True, False):
+        monkeypatch.setattr(sens.SensitivityOptions, "__init__", _with_cache(cache))
+        r = graphprune.shrink(path, sensitivity=True, write=False, verify=False, **kw)
+        curves.append(r.sensitivity.curves)
+    assert curves[0].keys() == curves[1].keys() and curves[0]
+    for gid in curves[0]:
+        np.testing.assert_array_equal(curves[0][gid].counts, curves[1][gid].counts)
+        np.testing.assert_allclose(curves[0][gid].damage, curves[1][gid].damage, rtol=1e-4, atol=1e-9)
+
+
+def _with_cache(cache: bool):
+    original = SensitivityOptions.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("cache_prefix", cache)
+        original(self, *args, **kwargs)
+
+    return init
