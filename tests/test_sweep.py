@@ -257,7 +257,9 @@ def test_sweep_round_to_auto_uses_the_latency_table(tmp_path: Path) -> None:
                    timing=ProfileOptions(warmup_s=0.0, iterations=3, duration_s=0.01),
                    table_timing=ProfileOptions(warmup_s=0.0, iterations=3, duration_s=0.005))
     point = result.rows[-1]
-    assert point["point"] == "r0.5" and point["predicted_ms"] > 0 and point["macs_frac"] < 1
+    # round-to auto may move kept counts up to full width when the measured steps say so (timing noise
+    # on a loaded machine): only that it ran from a table is asserted here
+    assert point["point"] == "r0.5" and point["predicted_ms"] > 0 and point["macs_frac"] <= 1
     assert list((tmp_path / "t").glob("ort-cpu-*.json"))
     with pytest.raises(UsageError, match="magnitude"):
         sweep(MODEL, [0.5], out_dir=tmp_path / "o", round_to="auto", method="obspa", plot=False)
