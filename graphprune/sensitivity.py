@@ -297,7 +297,9 @@ class _Runner:
             raise GraphpruneError(f"ONNX Runtime cannot load the model for the sensitivity trials: {e}") from e
         self.fetch = _float_outputs(self.sess)
         if not self.fetch:
-            raise UsageError("sensitivity needs a model with floating-point outputs to measure damage on")
+            names = ", ".join(f"'{o.name}' ({o.type})" for o in self.sess.get_outputs())
+            raise UsageError(f"--sensitivity measures damage on floating-point outputs and this model has none "
+                             f"({names}); prune without --sensitivity")
         self.saved: list[dict[str, np.ndarray]] = []
         self.suffixes: dict[int, tuple[Any, list[str], list[str]]] = {}
 

@@ -207,3 +207,18 @@ def _with_cache(cache: bool):
         original(self, *args, **kwargs)
 
     return init
+
+
+def test_sensitivity_without_float_outputs_is_a_usage_error(tmp_path):
+    from onnx import TensorProto, helper
+
+    m = onnx.load("models/zoo/small_cnn.onnx")
+    out = m.graph.output[0].name
+    m.graph.node.append(helper.make_node("ArgMax", [out], ["cls"], axis=1, keepdims=0))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("cls", TensorProto.INT64, None))
+    src = tmp_path / "argmax.onnx"
+    onnx.save(m, src)
+    res = CliRunner().invoke(cli, ["shrink", str(src), "--ratio", "0.3", "--sensitivity", "-o", str(tmp_path / "o.onnx")])
+    assert res.exit_code == 2 and "no" in res.output and "'cls'" in res.output
+    assert not (tmp_path / "o.onnx").exists()
