@@ -17,9 +17,10 @@ cheapest units first: a greedy knapsack that treats marginal damages as additive
 removal order is unchanged.  Groups with a kind ratio (``--heads``) are ranked among their own kind,
 so the asked fraction still holds in total while it moves between layers.
 
-Limits: ``levels + 1`` forward passes per group (bounded by ``budget`` MACs: fewer inputs are used
-first); a refit bias the model has no slot for (a Conv without bias) is left out of the trial; units
-beyond the deepest level rank after every measured unit.
+Limits: ``levels`` forward passes per group (one more in context), each from the first node the
+group changes, on cached dense activations; bounded by ``budget`` MACs (fewer inputs are used first).
+A refit bias the model has no slot for (a Conv without bias) is left out of the trial; units beyond
+the deepest level rank after every measured unit.
 """
 
 from __future__ import annotations
