@@ -325,7 +325,7 @@ class _Runner:
         have = {o.name for o in m.graph.output}
         m.graph.output.extend(helper.make_tensor_value_info(t, self.view.dtypes.get(t, onnx.TensorProto.FLOAT), None)
                               for t in keep if t not in have)
-        sess = session(m)
+        sess = session(m, basic=True)
         dense, size = [], 0
         for f in self.feeds:
             got = sess.run(self.fetch + keep, {**f, **dense_values})

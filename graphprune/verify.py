@@ -78,7 +78,9 @@ def consumer_zeroing(keep: dict[Space, np.ndarray], sizes: dict[Space, int],
     return out
 
 
-def session(model: onnx.ModelProto, threads: int = 0):
+def session(model: onnx.ModelProto, threads: int = 0, basic: bool = False):
+    """A CPU session; ``basic`` limits graph optimizations to the basic level (fusions can drop
+    intermediate tensors a caller exposes as outputs)."""
     import onnxruntime as ort
 
     if "CPUExecutionProvider" not in ort.get_available_providers():
@@ -87,6 +89,8 @@ def session(model: onnx.ModelProto, threads: int = 0):
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if basic:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if has_external(model):  # ONNX Runtime reads external weights from files beside a model path
         with tempfile.TemporaryDirectory(prefix="graphprune-ort-") as tmp:
             path = Path(tmp) / "model.onnx"

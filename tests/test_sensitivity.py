@@ -181,7 +181,8 @@ def test_cli_sensitivity_report_and_refusals(tmp_path):
 
 
 @pytest.mark.parametrize("name,kw", [("bert", {"heads": 0.25, "ratio": 0.25, "method": "obspa"}),
-                                     ("resnet18_bn", {"ratio": 0.3}), ("mobilenetv2", {"ratio": 0.3})])
+                                     ("resnet18_bn", {"ratio": 0.3}), ("mobilenetv2", {"ratio": 0.3}),
+                                     ("resnet18_dynamo", {"ratio": 0.3})])  # BN after Conv: no fusion may eat them
 def test_trials_from_cached_activations_equal_full_runs(name, kw, monkeypatch):
     """Running a trial from the first node it changes, on the dense activations before it, gives the
     same damage curves as running the whole model."""
