@@ -41,6 +41,7 @@ from graphprune.errors import GraphpruneError, UsageError
 from graphprune.graph import GraphView
 from graphprune.groups import Group
 from graphprune.rules import Space
+from graphprune.tensors import has_external
 from graphprune.verify import session
 
 Feeds = list[dict[str, np.ndarray]]
@@ -290,8 +291,10 @@ class _Runner:
         for j, n in enumerate(self.nodes):
             for t in n.input:
                 self.first_use.setdefault(t, j)
-        self.cache = cache and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                       for n in self.nodes for a in n.attribute)
+        # not with control flow (subgraphs read outer tensors), nor with external weights (every suffix
+        # session would write its own copy of them)
+        self.cache = cache and not has_external(model) and not any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in self.nodes for a in n.attribute)
         try:
             self.sess = session(model)
         except Exception as e:  # noqa: BLE001 - ORT raises many types
