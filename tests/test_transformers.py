@@ -214,3 +214,12 @@ def test_lossy_cut_through_a_decomposed_layernorm_is_approximate_and_says_why():
     r = graphprune.shrink(_decomposed_layernorm_net(), ratio=0.25, allow_lossy=True, write=False)
     assert r.verify is not None and r.verify.passed and not r.verify.exact
     assert "Sub '" in r.verify.note and "broadcast" in r.verify.note
+
+
+def test_obspa_with_sensitivity_on_external_data(llama, tmp_path):
+    """Weights on disk: OBSPA statistics and the sensitivity trials run from saved copies (ONNX Runtime
+    refuses absolute external paths), the output keeps external data, the proof passes."""
+    r = graphprune.shrink(str(llama), ratio=0.25, method="obspa", sensitivity=True, output=str(tmp_path / "o.onnx"))
+    assert r.verify is not None and r.verify.passed and r.sensitivity.trials > 0
+    assert {c.stats for c in r.obspa.consumers} == {"natural"}
+    assert (tmp_path / "o.onnx.data").exists()
