@@ -185,6 +185,9 @@ def test_bn_prior_uses_batchnorm_moments_and_reports_missing_bn():
 
 
 # greedy selection ----------------------------------------------------------------------------------
+SEED = 0
+
+
 def test_greedy_prefers_the_redundant_channel():
     """A channel that is a copy of another costs nothing once OBS moves it onto its twin."""
     g = G()
@@ -192,17 +195,21 @@ def test_greedy_prefers_the_redundant_channel():
     w2 = g.const(RNG.standard_normal((3, 4, 1, 1)).astype(np.float32))
     y = g.op("Conv", x, w2)
     model = g.build({"x": ["N", 3, 5, 5]}, [y])
-    w1 = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    rng = np.random.default_rng(SEED)  # own weights: the shared RNGs' state depends on test order
+    w1 = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
     w1[2] = 3.0 * w1[0]  # channel 2 = 3 x channel 0 (before the bias)
-    b1 = numpy_helper.to_array(model.graph.initializer[1]).copy()
+    b1 = rng.standard_normal(4).astype(np.float32)
     b1[2] = 3.0 * b1[0]
-    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w1, model.graph.initializer[0].name))
-    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(b1, model.graph.initializer[1].name))
+    for k, v in enumerate((w1, b1, rng.standard_normal((3, 4, 1, 1)).astype(np.float32))):
+        model.graph.initializer[k].CopyFrom(numpy_helper.from_array(v, model.graph.initializer[k].name))
     r = graphprune.shrink(model, ratio=0.25, method="obspa", stats="synthetic", samples=16, write=False, output="x")
     kept = r.plan.keep[[s for s in r.plan.keep if s.tensor == w2 and s.axis == 1][0]]
     assert 0 in kept and 2 not in kept or 2 in kept and 0 not in kept
-    rec = r.obspa.consumers[0]
-    assert rec.rel_loss < 0.05  # the twin absorbs the removed channel (up to the damping)
+    # the twin absorbs the removed channel: the outputs barely move (up to the damping's shrinkage)
+    xs = np.random.default_rng(100).standard_normal((64, 3, 5, 5)).astype(np.float32)
+    dense, pruned = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                     .run(None, {"x": xs})[0] for m in (model, r.model))
+    assert np.square(dense - pruned).sum() < 0.02 * np.square(dense - dense.mean(axis=0)).sum()
 
 
 def test_greedy_order_length_and_distinct():
