@@ -272,16 +272,15 @@ def refit_values(view: GraphView, cs: ConsumerState, kept: np.ndarray, pair: Pai
         w = cs.w[bi]
         local = np.repeat(keep_mask[c0:c1], c.k)
         cols = np.flatnonzero(np.concatenate([local, [True]]) if st.bias else local)
-        h = damped(st.h[bi], cs.lam)
+        h = st.h[bi]  # the loss is reported on the statistics themselves; damping only regularises the fit
         if pair is None:
-            new_w = refit(w, h, cols)
+            new_w = refit(w, damped(h, cs.lam), cols)
             diff = w - new_w
             loss += 0.5 * quad(diff, h, diff)
         else:  # target W x (dense input), regressors x̃ (pruned input): W'_K = W C[:,K] H̃_KK⁻¹
             ht, cross = pair[0][bi], pair[1][bi]
-            ht = damped(ht, cs.lam)
             new_w = np.zeros_like(w)
-            new_w[:, cols] = np.linalg.solve(ht[np.ix_(cols, cols)], (w @ cross[:, cols]).T).T
+            new_w[:, cols] = np.linalg.solve(damped(ht, cs.lam)[np.ix_(cols, cols)], (w @ cross[:, cols]).T).T
             loss += 0.5 * (quad(w, h, w) - 2 * quad(w, cross, new_w) + quad(new_w, ht, new_w))
         matrix[:, c0 * c.k:c1 * c.k] = new_w[:, :-1] if st.bias else new_w
         if bias is not None:

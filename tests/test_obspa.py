@@ -452,20 +452,27 @@ def test_bert_sized_vocabulary_is_framed_with_cls_and_sep():
     assert _frame("ids", 50265, None)[0] is None  # RoBERTa-sized: no guess
 
 
+LN_SEED = 0
+
+
 def _ln_ffn(decomposed_gelu: bool) -> onnx.ModelProto:
     """x -> LayerNorm(γ, β) -> MatMul + b -> GELU (Erf-decomposed or Gelu op) -> MatMul."""
     g = G(opset=20)
-    gamma = g.const(RNG.uniform(0.5, 1.5, 8).astype(np.float32), "g")
-    beta = g.const((0.3 * RNG.standard_normal(8)).astype(np.float32), "b")
+    rng = np.random.default_rng(LN_SEED)  # own weights: the shared RNGs' state depends on test order
+    gamma = g.const(rng.uniform(0.5, 1.5, 8).astype(np.float32), "g")
+    beta = g.const((0.3 * rng.standard_normal(8)).astype(np.float32), "b")
     n = g.op("LayerNormalization", "x", gamma, beta, axis=-1)
-    u = g.linear(n, 8, 16)
+    u = g.op("Add", g.op("MatMul", n, g.const(rng.standard_normal((8, 16)).astype(np.float32))),
+             g.const(rng.standard_normal(16).astype(np.float32), "b"))
     if decomposed_gelu:
         e = g.op("Erf", g.op("Div", u, g.const(np.array(np.sqrt(2.0), np.float32), "s")))
         act = g.op("Mul", g.op("Mul", u, g.op("Add", e, g.const(np.array(1.0, np.float32), "one"))),
                    g.const(np.array(0.5, np.float32), "half"))
     else:
         act = g.op("Gelu", u)
-    return g.build({"x": ["N", 5, 8]}, [g.linear(act, 16, 4)])
+    w2 = g.const(rng.standard_normal((16, 4)).astype(np.float32))
+    y = g.op("Add", g.op("MatMul", act, w2), g.const(rng.standard_normal(4).astype(np.float32), "b"))
+    return g.build({"x": ["N", 5, 8]}, [y])
 
 
 @pytest.mark.parametrize("decomposed", [True, False])

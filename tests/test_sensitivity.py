@@ -34,14 +34,23 @@ from tests.graphs import G
 RNG = np.random.default_rng(3)
 
 
+BLOCKS_SEED = 0
+
+
 def _two_blocks(quiet: float = 1e-3) -> onnx.ModelProto:
     """x -> z = x + quiet·FFN1(x) -> y = z + FFN2(z): FFN1's 16 hidden units barely reach the output."""
     g = G()
-    h1 = g.op("Relu", g.linear("x", 8, 16))
-    y1 = g.op("Mul", g.linear(h1, 16, 8), g.const(np.array(quiet, np.float32), "s"))
+    rng = np.random.default_rng(BLOCKS_SEED)  # own weights: the shared RNGs' state depends on test order
+
+    def linear(x: str, k: int, n: int) -> str:
+        w = g.const(rng.standard_normal((k, n)).astype(np.float32))
+        return g.op("Add", g.op("MatMul", x, w), g.const(rng.standard_normal(n).astype(np.float32), "b"))
+
+    h1 = g.op("Relu", linear("x", 8, 16))
+    y1 = g.op("Mul", linear(h1, 16, 8), g.const(np.array(quiet, np.float32), "s"))
     z = g.op("Add", "x", y1)
-    h2 = g.op("Relu", g.linear(z, 8, 16))
-    y = g.op("Add", z, g.linear(h2, 16, 8))
+    h2 = g.op("Relu", linear(z, 8, 16))
+    y = g.op("Add", z, linear(h2, 16, 8))
     return g.build({"x": ["N", 8]}, [y])
 
 
