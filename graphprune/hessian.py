@@ -9,7 +9,7 @@ H is kept block-diagonal over contiguous channel ranges of at most ``max_block``
 with its own bias column), so memory and the cubic work stay bounded on wide layers; a consumer that
 fits one block is exact.  Statistics come from model inputs run through ONNX Runtime
 (:func:`collect_stats`, im2col rows subsampled) or, without any input, from BatchNormalization moments
-(:func:`bn_prior_stats`).  Everything accumulates in float64.
+(:func:`graphprune.norm_priors.bn_prior_stats`).  Everything accumulates in float64.
 """
 
 from __future__ import annotations

@@ -45,13 +45,12 @@ from graphprune.hessian import (
     session_with_outputs,
 )
 from graphprune.inputs import load_inputs
+from graphprune.norm_priors import bn_prior_stats, ln_prior_stats
 from graphprune.priors import (
     Judge,
     PriorChoice,
-    bn_prior_stats,
     bn_statistics,
     classifier_output,
-    ln_prior_stats,
     natural_feeds,
     noise_feeds,
     split_feeds,

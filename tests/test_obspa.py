@@ -24,6 +24,7 @@ from graphprune.hessian import (
     find_consumers,
     session_with_outputs,
 )
+from graphprune.norm_priors import bn_prior_stats
 from graphprune.obspa import (
     damped,
     greedy_order,
@@ -34,7 +35,6 @@ from graphprune.obspa import (
 )
 from graphprune.priors import (
     balanced_confident,
-    bn_prior_stats,
     family_samples,
     natural_feeds,
     signal,
@@ -481,7 +481,7 @@ def test_layernorm_prior_matches_monte_carlo_of_its_own_assumption(decomposed):
     and the mean (quadrature), to first order off it."""
     from math import erf
 
-    from graphprune.priors import ln_prior_stats
+    from graphprune.norm_priors import ln_prior_stats
 
     model = _ln_ffn(decomposed)
     a = analyze(model)
