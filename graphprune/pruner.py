@@ -179,6 +179,13 @@ def shrink(
     phases: dict[str, float] = {}
     obspa_opts = _obspa_options(method, stats, calib, samples, seed, inputs, propagate)
     kind_ratios: list[tuple[str, float]] = []
+    src_path = None if isinstance(source, onnx.ModelProto) else Path(source)
+    out_path = None
+    if write:
+        if src_path is None and output is None:
+            raise UsageError("give an output path when shrinking an in-memory model")
+        out_path = Path(output) if output is not None else default_output(src_path)  # type: ignore[arg-type]
+        _check_output(out_path, src_path)
     if heads is not None and head_dim is not None:  # two passes: whole heads, then dims of the heads left
         if target_macs is not None or target_params is not None or plan_path is not None:
             raise UsageError("with both --heads and --head-dim (two passes) give ratios, not a target or --plan; "
@@ -188,15 +195,8 @@ def shrink(
             max_ratio=max_ratio, round_to=round_to, ignore=ignore, allow_lossy=allow_lossy, verify=verify,
             inputs=inputs, calib=calib, seed=seed, method=method, stats=stats, samples=samples,
             propagate=propagate, sensitivity=sensitivity, progress=progress)
-        src = None if isinstance(source, onnx.ModelProto) else Path(source)
-        out = None
-        if write:
-            if src is None and output is None:
-                raise UsageError("give an output path when shrinking an in-memory model")
-            out = Path(output) if output is not None else default_output(src)  # type: ignore[arg-type]
-            _check_output(out, src)
         first = shrink(source, ratio=ratio, ratio_for=ratio_for, heads=heads, write=False, **common)
-        second = shrink(first.model, head_dim=head_dim, write=write, output=out, **common)
+        second = shrink(first.model, head_dim=head_dim, write=write, output=out_path, **common)
         return second.after_stage(first)
     if heads is not None:
         kind_ratios.append(("heads", heads))
@@ -210,13 +210,6 @@ def shrink(
         allow_lossy=allow_lossy, kind_ratios=tuple(kind_ratios), global_ranking=global_ranking or sensitivity,
     )
     imp_opts = ImportanceOptions(criterion=criterion, reduction=reduction, normalizer=normalizer, seed=seed)
-    src_path = None if isinstance(source, onnx.ModelProto) else Path(source)
-    out_path = None
-    if write:
-        if src_path is None and output is None:
-            raise UsageError("give an output path when shrinking an in-memory model")
-        out_path = Path(output) if output is not None else default_output(src_path)  # type: ignore[arg-type]
-        _check_output(out_path, src_path)
 
     t = time.perf_counter()
     _report_phase(progress, "load")
