@@ -42,13 +42,17 @@ class ViTBlock(nn.Module):
 
 
 class ViT(nn.Module):
+    """``pos_std`` > 0 draws the position embedding from N(0, pos_std²) (a training start), else zeros."""
+
     def __init__(
-        self, image_size: int, patch: int, dim: int, depth: int, heads: int, mlp_ratio: int, num_classes: int
+        self, image_size: int, patch: int, dim: int, depth: int, heads: int, mlp_ratio: int, num_classes: int,
+        in_channels: int = 3, pos_std: float = 0.0,
     ) -> None:
         super().__init__()
-        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2 + 1, dim))
+        shape = (1, (image_size // patch) ** 2 + 1, dim)
+        self.pos_embed = nn.Parameter(pos_std * torch.randn(*shape) if pos_std else torch.zeros(*shape))
         self.blocks = nn.Sequential(*(ViTBlock(dim, heads, mlp_ratio) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)

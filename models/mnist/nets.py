@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.convnets import BasicBlock, ConvBNAct, InvertedResidual
-from models.sequence_nets import ViTBlock
+from models.sequence_nets import ViT
 
 
 class MnistResNet(nn.Module):
@@ -50,21 +50,10 @@ class MnistMobileNetV2(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-class MnistViT(nn.Module):
+class MnistViT(ViT):
     def __init__(self, patch: int = 4, dim: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: int = 2,
                  num_classes: int = 10) -> None:
-        super().__init__()
-        self.patch_embed = nn.Conv2d(1, dim, patch, patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, (28 // patch) ** 2 + 1, dim))
-        self.blocks = nn.Sequential(*(ViTBlock(dim, heads, mlp_ratio) for _ in range(depth)))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
-        return self.head(self.norm(self.blocks(x))[:, 0])
+        super().__init__(28, patch, dim, depth, heads, mlp_ratio, num_classes, in_channels=1, pos_std=0.02)
 
 
 NETS = {"resnet": MnistResNet, "mobilenetv2": MnistMobileNetV2, "vit": MnistViT}
