@@ -56,7 +56,7 @@ def external_truncated(d: Path) -> Path:
 def outside(d: Path) -> Path:
     """A folder beside the model's folder (both inside the case folder)."""
     out = d / "outside"
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     return out
 
 
@@ -112,6 +112,14 @@ def escape_fifo(d: Path) -> Path:
     return p
 
 
+def _move_outside(t: TensorProto, d: Path, name: str) -> None:
+    """Store ``t``'s bytes in ``outside(d)/name`` and point it there as ``../outside/name``."""
+    (outside(d) / name).write_bytes(t.raw_data)
+    onnx.external_data_helper.set_external_data(t, f"../outside/{name}")
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+
+
 def escape_in_constant(d: Path) -> Path:
     """External data in a Constant node's tensor (not an initializer) pointing outside."""
     b = Builder()
@@ -121,12 +129,8 @@ def escape_in_constant(d: Path) -> Path:
     m = b.model([image_input()], {b.conv(y, 8, 4, 1): OUT4})
     model_dir = d / "model"
     model_dir.mkdir()
-    out = outside(d)
     t = m.graph.node[0].attribute[0].t
-    (out / "cw.bin").write_bytes(t.raw_data)
-    onnx.external_data_helper.set_external_data(t, "../outside/cw.bin")
-    t.ClearField("raw_data")
-    t.data_location = TensorProto.EXTERNAL
+    _move_outside(t, d, "cw.bin")
     return save(m, model_dir)
 
 
@@ -145,10 +149,7 @@ def escape_in_subgraph(d: Path) -> Path:
     model_dir.mkdir()
     [then_attr] = [a for a in m.graph.node[-1].attribute if a.name == "then_branch"]
     bt = then_attr.g.initializer[0]
-    (outside(d) / "bias.bin").write_bytes(bt.raw_data)
-    onnx.external_data_helper.set_external_data(bt, "../outside/bias.bin")
-    bt.ClearField("raw_data")
-    bt.data_location = TensorProto.EXTERNAL
+    _move_outside(bt, d, "bias.bin")
     return save(m, model_dir)
 
 
@@ -159,10 +160,7 @@ def escape_sparse(d: Path) -> Path:
     indices = numpy_helper.from_array(np.array([0, 3], np.int64), "sparse_w_idx")
     model_dir = d / "model"
     model_dir.mkdir()
-    (outside(d) / "sparse.bin").write_bytes(values.raw_data)
-    onnx.external_data_helper.set_external_data(values, "../outside/sparse.bin")
-    values.ClearField("raw_data")
-    values.data_location = TensorProto.EXTERNAL
+    _move_outside(values, d, "sparse.bin")
     m.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4]))
     return save(m, model_dir)
 
@@ -174,10 +172,7 @@ def escape_in_function(d: Path) -> Path:
     c = numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32), "fc")
     model_dir = d / "model"
     model_dir.mkdir()
-    (outside(d) / "fc.bin").write_bytes(c.raw_data)
-    onnx.external_data_helper.set_external_data(c, "../outside/fc.bin")
-    c.ClearField("raw_data")
-    c.data_location = TensorProto.EXTERNAL
+    _move_outside(c, d, "fc.bin")
     fn = helper.make_function(
         "local.fn", "AddOne", ["a"], ["z"],
         [helper.make_node("Constant", [], ["one"], value=c), helper.make_node("Add", ["a", "one"], ["z"])],
